@@ -1,0 +1,5 @@
+//! `cargo vibeserve`: a thin binary over the `vibeserve` library.
+
+fn main() -> miette::Result<()> {
+    vibeserve::cli::main()
+}

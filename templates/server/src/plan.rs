@@ -1,0 +1,57 @@
+//! The design point this server is specialised for.
+//!
+//! In the template this file holds the round-0 plan of the default target
+//! (`targets/smollm2-cpu`), so the template builds and tests on its own.
+//! `cargo vibeserve generate` rewrites it from the target's `Plan.toml`;
+//! every other file of the crate reads its numbers from here.
+
+use crate::kernels::KernelVariant;
+
+/// Name of the target this server was generated for.
+pub const TARGET: &str = "smollm2-cpu";
+
+// --- Model shape (from the GGUF metadata) ---
+/// Model architecture, as GGUF's `general.architecture` names it.
+pub const ARCH: &str = "llama";
+/// Transformer blocks.
+pub const N_LAYERS: usize = 30;
+/// Hidden size.
+pub const N_EMBD: usize = 576;
+/// Feed-forward inner size.
+pub const N_FF: usize = 1536;
+/// Query heads.
+pub const N_HEADS: usize = 9;
+/// Key/value heads (grouped-query attention when fewer than `N_HEADS`).
+pub const N_KV_HEADS: usize = 3;
+/// Size of one attention head.
+pub const HEAD_DIM: usize = 64;
+/// Vocabulary size.
+pub const VOCAB_SIZE: usize = 49152;
+/// Longest sequence (prompt + completion) the model was trained for.
+pub const CONTEXT_LENGTH: usize = 8192;
+/// RoPE frequency base.
+pub const ROPE_THETA: f32 = 100000.0;
+/// RMSNorm epsilon.
+pub const RMS_NORM_EPS: f32 = 1e-5;
+/// The LM head reuses the token embedding (the GGUF has no `output.weight`).
+pub const TIED_EMBEDDINGS: bool = true;
+
+// --- Device and kernels ---
+/// Worker threads of the compute pool.
+pub const THREADS: usize = 2;
+/// Which CPU kernel implementation the matrix products use.
+pub const KERNEL_VARIANT: KernelVariant = KernelVariant::Auto;
+
+// --- Serving ---
+/// Most sequences decoded together in one batched step.
+pub const MAX_BATCH_SEQS: usize = 16;
+/// Most tokens (prefill chunks plus decodes) processed in one engine step.
+pub const MAX_BATCH_TOKENS: usize = 512;
+/// Prefill is split into chunks of at most this many tokens per step.
+pub const PREFILL_CHUNK: usize = 256;
+/// Requests that may wait for admission before new ones get 429.
+pub const MAX_QUEUE: usize = 256;
+/// Tokens per KV-cache block.
+pub const KV_BLOCK_SIZE: usize = 16;
+/// KV-cache blocks in the pool (the memory budget).
+pub const KV_BLOCKS: usize = 4096;
