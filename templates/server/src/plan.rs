@@ -41,6 +41,19 @@ pub const TIED_EMBEDDINGS: bool = true;
 pub const THREADS: usize = 2;
 /// Which CPU kernel implementation the matrix products use.
 pub const KERNEL_VARIANT: KernelVariant = KernelVariant::Auto;
+/// Activation rows dotted against each unpacked weight block in the SIMD
+/// kernels (a register tile: 4 accumulators of 8 or 16 lanes each).
+pub const ACT_TILE: usize = 4;
+/// Output rows per task a thread claims in a matrix product: small enough
+/// to balance 2 threads on the 192-row k/v matrices, large enough that the
+/// atomic claim is noise next to the work.
+pub const MATMUL_ROW_CHUNK: usize = 32;
+/// Spin-loop rounds a pool worker waits for the next job before parking
+/// (tens of microseconds: covers the gaps inside a step, not between requests).
+pub const POOL_SPIN: usize = 200_000;
+/// Element type of the KV cache (`half::f16` halves the bytes attention reads;
+/// `f32` skips the conversions).
+pub type KvElem = half::f16;
 
 // --- Serving ---
 /// Most sequences decoded together in one batched step.

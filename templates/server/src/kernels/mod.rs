@@ -1,4 +1,28 @@
 //! Compute kernels behind one small interface; the model calls only these.
+//!
+//! [`Kernels`] owns the persistent thread pool and the kernel variant chosen
+//! at start-up, and offers the batched products on quantized weights
+//! ([`Kernels::matmul`]) and attention over the paged cache
+//! ([`Kernels::attention`]); [`ops`] holds the element-wise f32 steps.
+
+pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod bench;
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+pub mod portable;
+pub mod quant;
+#[cfg(test)]
+mod tests;
+
+pub use matmul::{ActFormat, Acts, MatJob, MatRef, WeightData};
+pub use pool::Pool;
+
+use std::sync::Mutex;
 
 /// Which implementation the CPU matrix products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,4 +35,136 @@ pub enum KernelVariant {
     Avx2,
     /// Plain Rust, any CPU.
     Portable,
+}
+
+impl KernelVariant {
+    /// CPU features this variant needs that the running CPU lacks (empty when usable).
+    pub fn missing_features(self) -> Vec<&'static str> {
+        let needed: &[&'static str] = match self {
+            Self::Auto | Self::Portable => &[],
+            Self::Avx2 => &["avx2", "fma", "f16c"],
+            Self::Avx512Vnni => &[
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512vnni",
+                "avx2",
+                "fma",
+                "f16c",
+            ],
+        };
+        needed.iter().copied().filter(|f| !has_feature(f)).collect()
+    }
+
+    /// The variant `Auto` resolves to on this CPU.
+    pub fn detect() -> Self {
+        [Self::Avx512Vnni, Self::Avx2]
+            .into_iter()
+            .find(|v| v.missing_features().is_empty())
+            .unwrap_or(Self::Portable)
+    }
+}
+
+/// Whether the running CPU has `feature` (always false off x86-64).
+fn has_feature(feature: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match feature {
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "fma" => std::arch::is_x86_feature_detected!("fma"),
+            "f16c" => std::arch::is_x86_feature_detected!("f16c"),
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+            "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = feature;
+        false
+    }
+}
+
+/// A kernel failure: a variant the CPU lacks, or mismatched operands.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The plan pins a variant this CPU cannot run.
+    #[error(
+        "kernel variant {variant:?} needs CPU features {missing:?} that this CPU lacks; use a plan with KernelVariant::Auto or Portable"
+    )]
+    Unsupported {
+        /// The requested variant.
+        variant: KernelVariant,
+        /// The absent features.
+        missing: Vec<&'static str>,
+    },
+    /// Operand sizes disagree.
+    #[error("{what}: expected {expected}, found {found}")]
+    Shape {
+        /// The operation.
+        what: &'static str,
+        /// Expected sizes.
+        expected: String,
+        /// Actual sizes.
+        found: String,
+    },
+    /// Activations were prepared in the wrong format for a weight matrix.
+    #[error("activations are {found:?} but the weights need {expected:?}")]
+    Format {
+        /// What the weights need.
+        expected: ActFormat,
+        /// What was given.
+        found: ActFormat,
+    },
+    /// A tensor type no kernel handles.
+    #[error("no kernel for ggml type id {0}")]
+    UnsupportedType(u32),
+}
+
+/// The kernels in use: a resolved variant and the thread pool.
+pub struct Kernels {
+    variant: KernelVariant,
+    pool: Pool,
+    /// Attention working memory, one per pool thread.
+    scratch: Vec<Mutex<attention::Scratch>>,
+}
+
+impl Kernels {
+    /// Resolves `requested` (checking the CPU has it) and starts `threads` threads.
+    pub fn new(requested: KernelVariant, threads: usize) -> Result<Self, KernelError> {
+        let variant = match requested {
+            KernelVariant::Auto => KernelVariant::detect(),
+            v => {
+                let missing = v.missing_features();
+                if !missing.is_empty() {
+                    return Err(KernelError::Unsupported {
+                        variant: v,
+                        missing,
+                    });
+                }
+                v
+            }
+        };
+        let pool = Pool::new(threads);
+        let scratch = (0..pool.threads())
+            .map(|_| attention::Scratch::new())
+            .collect();
+        Ok(Self {
+            variant,
+            pool,
+            scratch,
+        })
+    }
+
+    /// The variant in use (never `Auto`).
+    pub fn variant(&self) -> KernelVariant {
+        self.variant
+    }
+
+    /// The thread pool (for other parallel loops).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
 }

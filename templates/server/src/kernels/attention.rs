@@ -1,0 +1,164 @@
+//! Causal grouped-query attention over the paged KV cache.
+//!
+//! One task per (token, query head), claimed from an atomic counter by the
+//! pool's threads. A token at position `p` attends to positions `0..=p` of
+//! its own sequence; the step's own K/V were written to the cache before
+//! this runs, so every key comes from the cache and the causal mask is just
+//! the loop bound. Query head `h` reads KV head `h / (N_HEADS / N_KV_HEADS)`.
+
+use super::ops::{axpy, dot, softmax};
+use super::{KernelError, Kernels};
+use crate::batch::Batch;
+use crate::kv_cache::{BlockPool, HEAD_RUN, K, KvElement, V};
+use crate::plan::{CONTEXT_LENGTH, HEAD_DIM, KV_BLOCK_SIZE, KvElem, N_HEADS, N_KV_HEADS};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Query heads per KV head.
+const GROUP: usize = N_HEADS / N_KV_HEADS;
+/// Width of one token's queries (and of the attention output).
+const Q_WIDTH: usize = N_HEADS * HEAD_DIM;
+
+/// Per-thread working memory: scores over the context and one block of K or V in f32.
+pub(super) struct Scratch {
+    scores: Vec<f32>,
+    run: Vec<f32>,
+}
+
+impl Scratch {
+    /// Buffers for the longest context.
+    pub(super) fn new() -> Mutex<Self> {
+        Mutex::new(Self {
+            scores: vec![0.0; CONTEXT_LENGTH],
+            run: vec![0.0; HEAD_RUN],
+        })
+    }
+}
+
+/// The attention output, written by tasks at disjoint `HEAD_DIM` slices.
+struct HeadOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: every task writes only its own (token, head) slice.
+unsafe impl Sync for HeadOut {}
+
+impl HeadOut {
+    /// The `HEAD_DIM` outputs starting at `at`.
+    ///
+    /// # Safety
+    /// No other live reference may cover `at..at + HEAD_DIM`.
+    #[allow(clippy::mut_from_ref)] // disjointness is the caller's contract
+    unsafe fn head(&self, at: usize) -> &mut [f32] {
+        assert!(at + HEAD_DIM <= self.len, "attention output out of bounds");
+        // SAFETY: in bounds (checked above); exclusive per the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), HEAD_DIM) }
+    }
+}
+
+impl Kernels {
+    /// `out[t][h] = Σ_s softmax_s(q[t][h] · k_s / √HEAD_DIM) · v_s` for each
+    /// token `t` of `batch` over its sequence's cached positions `0..=pos`,
+    /// for `layer`. `q` and `out` are `batch.len() × N_HEADS·HEAD_DIM`.
+    pub fn attention(
+        &self,
+        pool: &BlockPool,
+        layer: usize,
+        batch: &Batch<'_>,
+        q: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let n = batch.len();
+        if q.len() != n * Q_WIDTH || out.len() != n * Q_WIDTH {
+            return Err(KernelError::Shape {
+                what: "attention",
+                expected: format!("{n} × {Q_WIDTH} queries and outputs"),
+                found: format!("{} queries, {} outputs", q.len(), out.len()),
+            });
+        }
+        let dst = HeadOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        };
+        let next = AtomicUsize::new(0);
+        self.pool.run(&|thread| {
+            let mut scratch = self.scratch[thread]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            loop {
+                let task = next.fetch_add(1, Ordering::Relaxed);
+                if task >= n * N_HEADS {
+                    break;
+                }
+                let (t, h) = (task / N_HEADS, task % N_HEADS);
+                let at = t * Q_WIDTH + h * HEAD_DIM;
+                // SAFETY: task (t, h) is claimed by exactly one thread, so
+                // this slice has no other writer.
+                let o = unsafe { dst.head(at) };
+                let ctx = Ctx {
+                    pool,
+                    layer,
+                    blocks: batch.table(t).blocks(),
+                    n_ctx: batch.positions()[t] + 1,
+                };
+                attend_head(&ctx, h / GROUP, &q[at..at + HEAD_DIM], o, &mut scratch);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Where one token's keys and values are.
+struct Ctx<'a> {
+    pool: &'a BlockPool,
+    layer: usize,
+    blocks: &'a [u32],
+    /// Positions attended to: `0..n_ctx`.
+    n_ctx: usize,
+}
+
+impl Ctx<'_> {
+    /// Calls `f(first_position, rows_f32)` for each block's K (or V) rows, in order.
+    fn for_each_block(
+        &self,
+        which: usize,
+        kv_head: usize,
+        run: &mut [f32],
+        mut f: impl FnMut(usize, &[f32]),
+    ) {
+        for (i, &block) in self.blocks.iter().enumerate() {
+            let first = i * KV_BLOCK_SIZE;
+            if first >= self.n_ctx {
+                break;
+            }
+            let rows = KV_BLOCK_SIZE.min(self.n_ctx - first);
+            let src: &[KvElem] =
+                &self.pool.head(block, self.layer, which, kv_head)[..rows * HEAD_DIM];
+            let dst = &mut run[..rows * HEAD_DIM];
+            KvElem::to_f32s(src, dst);
+            f(first, dst);
+        }
+    }
+}
+
+/// One query head's attention for one token.
+fn attend_head(ctx: &Ctx<'_>, kv_head: usize, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let Scratch { scores, run } = scratch;
+    let scores = &mut scores[..ctx.n_ctx];
+    // scores[s] = q · k_s / √d                                  (n_ctx)
+    ctx.for_each_block(K, kv_head, run, |first, keys| {
+        for (j, k) in keys.chunks_exact(HEAD_DIM).enumerate() {
+            scores[first + j] = dot(q, k) * scale;
+        }
+    });
+    softmax(scores);
+    // out = Σ_s scores[s] · v_s                                  (HEAD_DIM)
+    out.fill(0.0);
+    ctx.for_each_block(V, kv_head, run, |first, values| {
+        for (j, v) in values.chunks_exact(HEAD_DIM).enumerate() {
+            axpy(out, scores[first + j], v);
+        }
+    });
+}

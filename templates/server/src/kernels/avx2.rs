@@ -1,0 +1,176 @@
+//! AVX2 block dot products (`_mm256_maddubs_epi16`: u8 × i8 pairs into i16).
+//!
+//! Each weight block is unpacked once into a register and dotted against up
+//! to [`ACT_TILE`] activation rows, so a batched step reads every weight once.
+
+use super::matmul::OutRows;
+use super::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::plan::ACT_TILE;
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Unpacks 16 bytes of nibbles into 32 u8 lanes: low nibbles, then high.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes.
+    let q = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// Σ of u8 × i8 products, as 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+}
+
+/// Horizontal sum of 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// f16 bits to f32 (F16C).
+#[inline]
+#[target_feature(enable = "f16c")]
+fn h2f(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Loads 32 i8 quants.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load32(qs: &[i8; 32]) -> __m256i {
+    // SAFETY: `qs` is 32 readable bytes.
+    unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+}
+
+/// Shared row/tile loop: `tile(w_row, first_act, n_acts) -> sums`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn for_tiles(
+    rows: Range<usize>,
+    n_act: usize,
+    out: &OutRows,
+    mut tile: impl FnMut(usize, usize, usize) -> [f32; ACT_TILE],
+) {
+    for r in rows {
+        let mut b = 0;
+        while b < n_act {
+            let t = ACT_TILE.min(n_act - b);
+            let sums = tile(r, b, t);
+            for (j, &s) in sums.iter().enumerate().take(t) {
+                // SAFETY: the caller hands each thread a disjoint range of rows.
+                unsafe { out.set(b + j, r, s) };
+            }
+            b += t;
+        }
+    }
+}
+
+/// `Q4_1` weights × `Q8_1` activations for output rows `rows`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; slices hold `kb` blocks per row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_1(
+    w: &[BlockQ4_1],
+    kb: usize,
+    rows: Range<usize>,
+    a: &[BlockQ8_1],
+    n_act: usize,
+    out: &OutRows,
+) {
+    for_tiles(rows, n_act, out, |r, b0, t| {
+        let mut acc = [_mm256_setzero_ps(); ACT_TILE];
+        let mut mins = [0.0f32; ACT_TILE];
+        for (i, wb) in w[r * kb..(r + 1) * kb].iter().enumerate() {
+            // SAFETY: AVX2 is enabled on this function; the block is in bounds.
+            let wv = unsafe { unpack_nibbles(&wb.qs) };
+            let (dw, mw) = (h2f(wb.d), h2f(wb.m));
+            for j in 0..t {
+                let ab = &a[(b0 + j) * kb + i];
+                // SAFETY: as above.
+                let p = dot_u8_i8(wv, unsafe { load32(&ab.qs) });
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * ab.d), acc[j]);
+                mins[j] += mw * ab.s;
+            }
+        }
+        std::array::from_fn(|j| hsum(acc[j]) + mins[j])
+    });
+}
+
+/// `Q4_0` weights × `Q8_0` activations for output rows `rows`.
+///
+/// # Safety
+/// As [`gemm_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_0(
+    w: &[BlockQ4_0],
+    kb: usize,
+    rows: Range<usize>,
+    a: &[BlockQ8_0],
+    n_act: usize,
+    out: &OutRows,
+) {
+    let eight = _mm256_set1_epi8(8);
+    for_tiles(rows, n_act, out, |r, b0, t| {
+        let mut acc = [_mm256_setzero_ps(); ACT_TILE];
+        for (i, wb) in w[r * kb..(r + 1) * kb].iter().enumerate() {
+            // SAFETY: AVX2 is enabled on this function; the block is in bounds.
+            let wv = unsafe { unpack_nibbles(&wb.qs) };
+            let dw = h2f(wb.d);
+            for j in 0..t {
+                let ab = &a[(b0 + j) * kb + i];
+                // SAFETY: as above.
+                let av = unsafe { load32(&ab.qs) };
+                // Σ (q − 8)·a = Σ q·a − Σ 8·a, both with unsigned first operands.
+                let p = _mm256_sub_epi32(dot_u8_i8(wv, av), dot_u8_i8(eight, av));
+                let scale = _mm256_set1_ps(dw * h2f(ab.d));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[j]);
+            }
+        }
+        std::array::from_fn(|j| hsum(acc[j]))
+    });
+}
+
+/// `Q8_0` weights × `Q8_0` activations for output rows `rows`.
+///
+/// # Safety
+/// As [`gemm_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q8_0(
+    w: &[BlockQ8_0],
+    kb: usize,
+    rows: Range<usize>,
+    a: &[BlockQ8_0],
+    n_act: usize,
+    out: &OutRows,
+) {
+    for_tiles(rows, n_act, out, |r, b0, t| {
+        let mut acc = [_mm256_setzero_ps(); ACT_TILE];
+        for (i, wb) in w[r * kb..(r + 1) * kb].iter().enumerate() {
+            // SAFETY: AVX2 is enabled on this function; the block is in bounds.
+            let wv = unsafe { load32(&wb.qs) };
+            // maddubs wants an unsigned operand: |w| · (a with w's sign).
+            let wabs = _mm256_sign_epi8(wv, wv);
+            let dw = h2f(wb.d);
+            for j in 0..t {
+                let ab = &a[(b0 + j) * kb + i];
+                // SAFETY: as above.
+                let av = _mm256_sign_epi8(unsafe { load32(&ab.qs) }, wv);
+                let scale = _mm256_set1_ps(dw * h2f(ab.d));
+                let p = dot_u8_i8(wabs, av);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[j]);
+            }
+        }
+        std::array::from_fn(|j| hsum(acc[j]))
+    });
+}

@@ -1,0 +1,249 @@
+//! Every kernel variant the CPU supports against a straightforward f64
+//! reference (dequantize, then dot), on random data, for every weight format
+//! and odd batch sizes and block counts.
+
+use super::quant::*;
+use super::*;
+use bytemuck::Zeroable;
+use half::{bf16, f16};
+
+/// SplitMix64: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// Stored weights of one format, built from random values.
+enum Owned {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+impl Owned {
+    fn quantize(kind: usize, x: &[f32]) -> Self {
+        let nb = x.len() / QK;
+        match kind {
+            0 => Self::F32(x.to_vec()),
+            1 => Self::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
+            2 => Self::BF16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+            3 => {
+                let mut b = vec![BlockQ4_0::zeroed(); nb];
+                quantize_row_q4_0(x, &mut b);
+                Self::Q4_0(b)
+            }
+            4 => {
+                let mut b = vec![BlockQ4_1::zeroed(); nb];
+                quantize_row_q4_1(x, &mut b);
+                Self::Q4_1(b)
+            }
+            _ => {
+                let mut b = vec![BlockQ8_0::zeroed(); nb];
+                quantize_row_q8_0(x, &mut b);
+                Self::Q8_0(b)
+            }
+        }
+    }
+
+    fn data(&self) -> WeightData<'_> {
+        match self {
+            Self::F32(d) => WeightData::F32(d),
+            Self::F16(d) => WeightData::F16(d),
+            Self::BF16(d) => WeightData::BF16(d),
+            Self::Q4_0(d) => WeightData::Q4_0(d),
+            Self::Q4_1(d) => WeightData::Q4_1(d),
+            Self::Q8_0(d) => WeightData::Q8_0(d),
+        }
+    }
+}
+
+/// The activations exactly as the kernels see them, expanded to f64.
+fn act_values(x: &[f32], format: ActFormat) -> Vec<f64> {
+    let mut out = vec![0.0f32; x.len()];
+    match format {
+        ActFormat::F32 => out.copy_from_slice(x),
+        ActFormat::Q8_0 => {
+            let mut b = vec![BlockQ8_0::zeroed(); x.len() / QK];
+            quantize_row_q8_0(x, &mut b);
+            dequantize_q8_0(&b, &mut out);
+        }
+        ActFormat::Q8_1 => {
+            let mut b = vec![BlockQ8_1::zeroed(); x.len() / QK];
+            quantize_row_q8_1(x, &mut b);
+            dequantize_q8_1(&b, &mut out);
+        }
+    }
+    out.into_iter().map(f64::from).collect()
+}
+
+/// Variants this CPU can run; the others are reported, not silently dropped.
+fn runnable() -> Vec<KernelVariant> {
+    let all = [
+        KernelVariant::Portable,
+        KernelVariant::Avx2,
+        KernelVariant::Avx512Vnni,
+    ];
+    let (ok, missing): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|v| v.missing_features().is_empty());
+    for v in missing {
+        eprintln!(
+            "kernel variant {v:?} NOT tested: this CPU lacks {:?}",
+            v.missing_features()
+        );
+    }
+    ok
+}
+
+/// Checks one (variant, format, shape, batch) case; returns the worst error.
+fn check(k: &Kernels, rng: &mut Rng, kind: usize, rows: usize, cols: usize, batch: usize) {
+    let w_f32 = rng.vec(rows * cols);
+    let owned = Owned::quantize(kind, &w_f32);
+    let w = MatRef::new(owned.data(), rows, cols).expect("test matrix shape");
+    let x = rng.vec(batch * cols);
+    let mut acts = Acts::new(batch, cols);
+    acts.quantize(&x, cols, w.act_format())
+        .expect("activation shape");
+    let mut out = vec![0.0f32; batch * rows];
+    k.matmul(
+        &acts,
+        &mut [MatJob {
+            w: &w,
+            out: &mut out,
+        }],
+    )
+    .expect("matmul");
+    let a = act_values(&x, w.act_format());
+    let mut row = vec![0.0f32; cols];
+    for r in 0..rows {
+        w.dequantize_row(r, &mut row);
+        for b in 0..batch {
+            let xs = &a[b * cols..(b + 1) * cols];
+            let want: f64 = row.iter().zip(xs).map(|(&p, &q)| f64::from(p) * q).sum();
+            let scale: f64 = row
+                .iter()
+                .zip(xs)
+                .map(|(&p, &q)| (f64::from(p) * q).abs())
+                .sum();
+            let got = f64::from(out[b * rows + r]);
+            // f32 accumulation over `cols` terms: relative to Σ|terms|.
+            assert!(
+                (got - want).abs() <= 2e-5 * scale + 1e-6,
+                "{:?} kind {kind} rows {rows} cols {cols} batch {batch}: [{b},{r}] got {got}, want {want}",
+                k.variant()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_variant_matches_the_f64_reference_for_every_format() {
+    let mut rng = Rng(7);
+    for variant in runnable() {
+        for threads in [1, 2, 3] {
+            let k = Kernels::new(variant, threads).expect("runnable variant");
+            for kind in 0..6 {
+                // Odd and even block counts; batches across and beyond the act tile.
+                for (rows, cols) in [(1, 32), (37, 96), (70, 64), (65, 576)] {
+                    for batch in [1, 3, 4, 5, 9] {
+                        check(&k, &mut rng, kind, rows, cols, batch);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_activations_stay_close_to_float_products() {
+    let mut rng = Rng(11);
+    let k = Kernels::new(KernelVariant::Auto, 2).expect("auto");
+    let (rows, cols) = (16, 576);
+    let w_f32 = rng.vec(rows * cols);
+    let x = rng.vec(cols);
+    let owned = Owned::quantize(4, &w_f32);
+    let w = MatRef::new(owned.data(), rows, cols).expect("shape");
+    let mut acts = Acts::new(1, cols);
+    acts.quantize(&x, cols, w.act_format()).expect("shape");
+    let mut out = vec![0.0f32; rows];
+    k.matmul(
+        &acts,
+        &mut [MatJob {
+            w: &w,
+            out: &mut out,
+        }],
+    )
+    .expect("matmul");
+    let mut row = vec![0.0f32; cols];
+    for (r, &got) in out.iter().enumerate() {
+        w.dequantize_row(r, &mut row);
+        let want: f64 = row
+            .iter()
+            .zip(&x)
+            .map(|(&p, &q)| f64::from(p) * f64::from(q))
+            .sum();
+        let scale: f64 = row
+            .iter()
+            .zip(&x)
+            .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+            .sum();
+        // 8-bit activations: about 1/254 relative error per term, mostly cancelling.
+        assert!((f64::from(got) - want).abs() <= 0.01 * scale, "row {r}");
+    }
+}
+
+#[test]
+fn mismatched_operands_are_errors_not_panics() {
+    let k = Kernels::new(KernelVariant::Portable, 1).expect("portable");
+    let owned = Owned::quantize(4, &[0.5; 64]);
+    let w = MatRef::new(owned.data(), 2, 32).expect("shape");
+    let mut acts = Acts::new(1, 64);
+    acts.quantize(&[0.5; 32], 32, ActFormat::Q8_0)
+        .expect("shape");
+    let mut out = [0.0; 2];
+    let err = k
+        .matmul(
+            &acts,
+            &mut [MatJob {
+                w: &w,
+                out: &mut out,
+            }],
+        )
+        .unwrap_err();
+    assert!(matches!(err, KernelError::Format { .. }), "{err}");
+    assert!(MatRef::new(owned.data(), 3, 32).is_err());
+}
+
+#[test]
+fn a_pinned_variant_the_cpu_lacks_is_a_start_up_error() {
+    for v in [KernelVariant::Avx2, KernelVariant::Avx512Vnni] {
+        let missing = v.missing_features();
+        match Kernels::new(v, 1) {
+            Ok(k) => assert!(missing.is_empty() && k.variant() == v),
+            Err(e) => assert!(
+                !missing.is_empty() && e.to_string().contains("lacks"),
+                "{e}"
+            ),
+        }
+    }
+    assert_ne!(
+        Kernels::new(KernelVariant::Auto, 1)
+            .expect("auto")
+            .variant(),
+        KernelVariant::Auto
+    );
+}
