@@ -8,6 +8,8 @@ pub mod model;
 /// Chat messages → prompt text, by the model's Jinja chat template.
 pub mod chat_template;
 pub mod plan;
+/// Choosing each next token (penalties, filters, seeded draws) and stopping.
+pub mod sampler;
 /// Text ⇄ token ids, built from the GGUF's tokenizer metadata.
 pub mod tokenizer;
 pub mod weights;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vibeserve_server::chat_template::{ChatMessage, ChatTemplate};
+use vibeserve_server::sampler::{Detokenizer, SamplingParams, StopReason};
 use vibeserve_server::tokenizer::{StreamDecoder, Tokenizer};
 
 const CASES: &str = "../../targets/smollm2-cpu/accuracy/tokenizer_cases.jsonl";
@@ -264,4 +265,63 @@ fn rich_template_raise_exception_reaches_the_caller() {
         .render(&[ChatMessage::new("tool", "x")], true)
         .expect_err("an unknown role is rejected by the template");
     assert!(err.to_string().contains("unknown role tool"), "{err}");
+}
+
+/// Feeds `text`'s ids through a [`Detokenizer`] with `stop` strings; returns the text
+/// shown, the stop reason and how many ids were consumed.
+fn detokenize(f: &Fixture, text: &str, stop: &[&str]) -> (String, Option<StopReason>, usize) {
+    let params = SamplingParams {
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+        ..SamplingParams::greedy()
+    };
+    let mut d = Detokenizer::new(&params.validate().expect("valid"), &f.tokenizer);
+    let ids = f.tokenizer.encode(text, true).expect("encodes");
+    let mut out = String::new();
+    for (i, &id) in ids.iter().enumerate() {
+        if let Some(reason) = d.push(&f.tokenizer, id, &mut out) {
+            return (out, Some(reason), i + 1);
+        }
+    }
+    d.finish(&mut out);
+    (out, None, ids.len())
+}
+
+#[test]
+fn detokenizer_stops_at_end_of_turn_without_showing_it() {
+    let f = fixture();
+    let (out, reason, used) = detokenize(&f, "Hi there!<|im_end|>ignored", &[]);
+    assert_eq!(out, "Hi there!");
+    assert_eq!(reason, Some(StopReason::Token(2)));
+    let ids = f
+        .tokenizer
+        .encode("Hi there!<|im_end|>", true)
+        .expect("encodes");
+    assert_eq!(used, ids.len(), "stops on the <|im_end|> id itself");
+}
+
+#[test]
+fn detokenizer_finds_a_stop_string_spread_over_tokens() {
+    let f = fixture();
+    let stop = " lazy dog";
+    let text = "The quick brown fox jumps over the lazy dog. And more.";
+    let stop_ids = f.tokenizer.encode(stop, false).expect("encodes");
+    assert!(
+        stop_ids.len() >= 2,
+        "the stop string spans tokens: {stop_ids:?}"
+    );
+    let (out, reason, _) = detokenize(&f, text, &[stop]);
+    assert_eq!(out, "The quick brown fox jumps over the");
+    assert_eq!(reason, Some(StopReason::String(stop.to_owned())));
+}
+
+#[test]
+fn detokenizer_stop_string_inside_a_split_emoji_sequence() {
+    let f = fixture();
+    let (out, reason, _) = detokenize(&f, "I love 🦀 and 🐍!", &["🐍"]);
+    assert_eq!(
+        (out.as_str(), reason),
+        ("I love 🦀 and ", Some(StopReason::String("🐍".into())))
+    );
+    let (out, reason, _) = detokenize(&f, "I love 🦀 and 🐍!", &["🦀🦀"]);
+    assert_eq!((out.as_str(), reason), ("I love 🦀 and 🐍!", None));
 }
