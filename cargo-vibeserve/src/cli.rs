@@ -18,10 +18,62 @@ struct VibeserveArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Write a commented starting Serve.toml.
+    Init(crate::manifest::InitArgs),
+    /// Validate a Serve.toml and print a summary of the target.
+    Check(crate::manifest::CheckArgs),
+}
 
 /// Parse the command line and run the command.
 pub fn main() -> miette::Result<()> {
+    install_error_reporter();
     let Cargo::Vibeserve(args) = Cargo::parse();
-    match args.command {}
+    match args.command {
+        Command::Init(args) => exit_on_error(crate::manifest::init(&args), |e| e.exit_code()),
+        Command::Check(args) => exit_on_error(crate::manifest::check(&args), |e| e.exit_code()),
+    }
+}
+
+/// Process exit codes, named so that scripts and tests can rely on them.
+pub mod exit_code {
+    /// The command did what it was asked.
+    pub const SUCCESS: i32 = 0;
+    /// A failure with no more specific code (I/O, a subprocess, …).
+    pub const FAILURE: i32 = 1;
+    /// The command line was wrong (clap uses the same code).
+    pub const USAGE: i32 = 2;
+    /// The Serve.toml is invalid: TOML syntax, schema, or a semantic check.
+    pub const INVALID_MANIFEST: i32 = 3;
+    /// TARGET names no Serve.toml.
+    pub const TARGET_NOT_FOUND: i32 = 4;
+    /// The command would overwrite a file it was not told to (`init` without `--force`).
+    pub const ALREADY_EXISTS: i32 = 5;
+}
+
+/// Render errors the same way everywhere: unicode drawing, colour only on a terminal that
+/// wants it (miette honours `NO_COLOR`), the terminal's width or 80 when piped, no links.
+fn install_error_reporter() {
+    // Fails only if a hook is already installed, which then stays in charge.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .unicode(true)
+                .terminal_links(false)
+                .build(),
+        )
+    }));
+}
+
+/// Print `result`'s error, if any, and exit with the code `code` gives it.
+fn exit_on_error<E: miette::Diagnostic + Send + Sync + 'static>(
+    result: Result<(), E>,
+    code: impl Fn(&E) -> i32,
+) -> miette::Result<()> {
+    if let Err(e) = result {
+        let exit = code(&e);
+        eprintln!("{:?}", miette::Report::new(e));
+        std::process::exit(exit);
+    }
+    Ok(())
 }

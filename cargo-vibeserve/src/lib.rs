@@ -4,3 +4,7 @@
 //! manifest → model → plan → generate → build → judge → bench → evaluate → search → state/lock.
 
 pub mod cli;
+/// Serve.toml: schema, loading, validation, and the `init` and `check` commands.
+pub mod manifest;
+/// The cargo workspace: its root, `targets/` and target directory.
+pub mod workspace;
