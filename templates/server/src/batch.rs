@@ -2,8 +2,11 @@
 //! sequences side by side, each with its position and its sequence's block
 //! table, plus which tokens need logits.
 //!
-//! A sequence contributes one contiguous chunk per step: a prefill chunk
-//! (positions `start..start + n`) or a single decode token. The model reads
+//! A sequence usually contributes one contiguous chunk per step: a prefill
+//! chunk (positions `start..start + n`) or a single decode token. It may also
+//! contribute several consecutive chunks (each starting where the previous
+//! ended) to get logits at every position, as teacher-forced scoring and
+//! echoed prompt logprobs need. The model reads
 //! every weight once for all the step's tokens, writes their K/V into the
 //! sequences' blocks, and lets each token attend to positions `0..=pos` of
 //! its own sequence (the cached ones and the chunk's earlier tokens).

@@ -158,3 +158,94 @@ fn greedy_decoding_answers_like_llama_cpp() {
         "greedy continuation differs from llama.cpp's"
     );
 }
+
+/// One line of `targets/smollm2-cpu/accuracy/golden.jsonl` (made by llama.cpp;
+/// see `make_golden.py` there), reduced to what teacher forcing needs.
+#[derive(serde::Deserialize)]
+struct Golden {
+    id: String,
+    prompt_ids: Vec<u32>,
+    continuation_ids: Vec<u32>,
+    positions: Vec<GoldenPosition>,
+}
+
+/// The reference's verdict at one continuation position.
+#[derive(serde::Deserialize)]
+struct GoldenPosition {
+    token_id: u32,
+    logprob: f64,
+    /// `[id, logprob, text]`, best first.
+    top5: Vec<(u32, f64, String)>,
+}
+
+/// log-softmax of `logits` at `id`, in f64.
+fn logprob(logits: &[f32], id: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    logits[id as usize] as f64 - max - sum.ln()
+}
+
+/// Teacher-forced agreement with llama.cpp's goldens (issue 3's gate:
+/// top-1 agreement >= 97%, mean |Δ logprob| of the reference token <= 0.05).
+/// Each prompt is one step: the prompt as a chunk, then each continuation
+/// token as its own chunk, so every position gets logits in one pass.
+#[test]
+fn teacher_forced_logprobs_match_llama_cpp_goldens() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../targets/smollm2-cpu/accuracy/golden.jsonl"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let goldens: Vec<Golden> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect();
+    assert!(
+        goldens.len() >= 24,
+        "expected at least 24 golden prompts, found {}",
+        goldens.len()
+    );
+    let mut model = load();
+    let mut pool = BlockPool::with_blocks(32);
+    let (mut n, mut agree, mut delta_sum) = (0usize, 0usize, 0.0f64);
+    for g in &goldens {
+        let mut t = BlockTable::new();
+        let len = g.prompt_ids.len() + g.continuation_ids.len();
+        t.reserve(&mut pool, len).expect("room");
+        // Logits after the prompt, then after each continuation token but the last.
+        let mut chunks = vec![(&t, 0, &g.prompt_ids[..])];
+        for (i, tok) in g.continuation_ids[..g.positions.len() - 1]
+            .iter()
+            .enumerate()
+        {
+            chunks.push((&t, g.prompt_ids.len() + i, std::slice::from_ref(tok)));
+        }
+        let logits = step(&mut model, &mut pool, &chunks);
+        let (mut a, mut d) = (0usize, 0.0f64);
+        for (lg, pos) in logits.iter().zip(&g.positions) {
+            a += usize::from(argmax(lg) == pos.top5[0].0);
+            d += (logprob(lg, pos.token_id) - pos.logprob).abs();
+        }
+        eprintln!(
+            "{:<28} {:>3} positions, top-1 {:>5.1}%, mean |dlp| {:.4}",
+            g.id,
+            g.positions.len(),
+            100.0 * a as f64 / g.positions.len() as f64,
+            d / g.positions.len() as f64
+        );
+        (n, agree, delta_sum) = (n + g.positions.len(), agree + a, delta_sum + d);
+    }
+    let (top1, delta) = (agree as f64 / n as f64, delta_sum / n as f64);
+    eprintln!(
+        "all: {n} positions, top-1 agreement {:.2}%, mean |dlp| {delta:.4}",
+        100.0 * top1
+    );
+    assert!(
+        top1 >= 0.97,
+        "teacher-forced top-1 agreement {:.2}% < 97%",
+        100.0 * top1
+    );
+    assert!(delta <= 0.05, "mean |delta logprob| {delta:.4} > 0.05");
+}

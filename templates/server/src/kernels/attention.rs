@@ -23,6 +23,7 @@ const Q_WIDTH: usize = N_HEADS * HEAD_DIM;
 pub(super) struct Scratch {
     scores: Vec<f32>,
     run: Vec<f32>,
+    q16: [f32; HEAD_DIM],
 }
 
 impl Scratch {
@@ -31,6 +32,7 @@ impl Scratch {
         Mutex::new(Self {
             scores: vec![0.0; CONTEXT_LENGTH],
             run: vec![0.0; HEAD_RUN],
+            q16: [0.0; HEAD_DIM],
         })
     }
 }
@@ -145,8 +147,14 @@ impl Ctx<'_> {
 /// One query head's attention for one token.
 fn attend_head(ctx: &Ctx<'_>, kv_head: usize, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
-    let Scratch { scores, run } = scratch;
+    let Scratch { scores, run, q16 } = scratch;
     let scores = &mut scores[..ctx.n_ctx];
+    // Operands meet K and V at the cache's precision, as in llama.cpp's f16
+    // attention (its accuracy goldens are our reference).
+    for (r, &x) in q16.iter_mut().zip(q) {
+        *r = to_kv_precision(x);
+    }
+    let q = &q16[..];
     // scores[s] = q · k_s / √d                                  (n_ctx)
     ctx.for_each_block(K, kv_head, run, |first, keys| {
         for (j, k) in keys.chunks_exact(HEAD_DIM).enumerate() {
@@ -154,6 +162,9 @@ fn attend_head(ctx: &Ctx<'_>, kv_head: usize, q: &[f32], out: &mut [f32], scratc
         }
     });
     softmax(scores);
+    for p in scores.iter_mut() {
+        *p = to_kv_precision(*p);
+    }
     // out = Σ_s scores[s] · v_s                                  (HEAD_DIM)
     out.fill(0.0);
     ctx.for_each_block(V, kv_head, run, |first, values| {
@@ -161,4 +172,12 @@ fn attend_head(ctx: &Ctx<'_>, kv_head: usize, q: &[f32], out: &mut [f32], scratc
             axpy(out, scores[first + j], v);
         }
     });
+}
+
+/// `x` rounded to the KV cache's element precision.
+#[inline]
+fn to_kv_precision(x: f32) -> f32 {
+    let mut out = [0.0f32];
+    KvElem::to_f32s(&[KvElem::from_f32(x)], &mut out);
+    out[0]
 }

@@ -45,7 +45,8 @@ pub struct BlockQ8_0 {
 }
 
 /// `Q8_1`: `Q8_0` plus `s = d · Σ q`, which the `Q4_1` dot product needs for
-/// its minimum term. Only used for activations, so the scales stay f32.
+/// its minimum term. Only used for activations: the scales are held as f32
+/// (no conversion in the hot loop) but rounded to f16 values, as ggml stores them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ8_1 {
@@ -63,13 +64,20 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
+/// `x` rounded to the nearest f16 value.
+#[inline]
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
 /// Scale and inverse scale mapping a block's largest magnitude to 127.
+/// As ggml's SIMD quantizers: the inverse is `127 / amax` (not `1 / d`) and
+/// quants round half to even, so our 8-bit activations equal llama.cpp's.
 #[inline]
 fn q8_scale(x: &[f32]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-    (d, id)
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    (amax / 127.0, id)
 }
 
 /// Quantizes one row to `Q8_0` blocks (`x.len() == out.len() * QK`).
@@ -79,7 +87,7 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         let (d, id) = q8_scale(xb);
         ob.d = f16::from_f32(d).to_bits();
         for (q, v) in ob.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
         }
     }
 }
@@ -91,11 +99,13 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let (d, id) = q8_scale(xb);
         let mut sum = 0i32;
         for (q, v) in ob.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += i32::from(*q);
         }
-        ob.d = d;
-        ob.s = d * sum as f32;
+        // ggml stores both as f16; rounding them the same way keeps our
+        // products bit-compatible with llama.cpp's (the accuracy reference).
+        ob.d = round_f16(d);
+        ob.s = round_f16(d * sum as f32);
     }
 }
 
@@ -199,7 +209,13 @@ mod tests {
         quantize_row_q8_1(&x, &mut q);
         for b in q {
             let s: i32 = b.qs.iter().map(|&v| i32::from(v)).sum();
-            assert!((b.s - b.d * s as f32).abs() < 1e-4);
+            // Both rounded to f16 (11 significant bits), as ggml stores them.
+            let exact = b.d * s as f32;
+            assert!(
+                (b.s - exact).abs() <= exact.abs() / 2048.0 + 1e-6,
+                "{} vs {exact}",
+                b.s
+            );
         }
     }
 
