@@ -6,5 +6,7 @@
 pub mod cli;
 /// Serve.toml: schema, loading, validation, and the `init` and `check` commands.
 pub mod manifest;
+/// Model sources, the cache, digests and GGUF metadata.
+pub mod model;
 /// The cargo workspace: its root, `targets/` and target directory.
 pub mod workspace;
