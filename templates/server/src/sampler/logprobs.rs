@@ -3,6 +3,7 @@
 //! (`logprobs_mode = "raw_logprobs"`); OpenAI documents its `logprobs` as the model's
 //! log-probability of each token, likewise unaffected by sampling settings.
 
+use super::math::{max_ranked, sum_exp};
 use super::select::rank;
 
 /// One token with its log-probability.
@@ -16,15 +17,11 @@ pub struct TokenLogprob {
 
 /// `log Σ exp(logits)`, computed stably; NaN entries count as probability 0.
 pub(super) fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits
-        .iter()
-        .map(|&l| rank(l))
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = max_ranked(logits);
     if max == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    let sum: f64 = logits.iter().map(|&l| f64::from(rank(l) - max).exp()).sum();
-    max + sum.ln() as f32
+    max + sum_exp(logits, max).ln() as f32
 }
 
 /// The `n` most likely tokens, most likely first (ties: lower id first), as
@@ -35,15 +32,15 @@ pub(super) fn top_n(logits: &[f32], n: usize, lse: f32, out: &mut Vec<TokenLogpr
     if n == 0 {
         return;
     }
+    // Logits are kept while scanning and turned into log-probabilities at the end.
+    // `bar` is the n-th best so far (-inf until the list is full): most logits are
+    // rejected by this one comparison, which NaN and -inf always fail.
+    let mut bar = f32::NEG_INFINITY;
     for (id, &l) in logits.iter().enumerate() {
+        if l.partial_cmp(&bar) != Some(std::cmp::Ordering::Greater) {
+            continue;
+        }
         let l = rank(l);
-        if l == f32::NEG_INFINITY {
-            continue;
-        }
-        if out.len() == n && out.last().is_some_and(|worst| l <= worst.logprob) {
-            continue;
-        }
-        // Logits are stored while scanning; converted to log-probabilities at the end.
         let at = out.partition_point(|t| t.logprob >= l);
         out.insert(
             at,
@@ -53,6 +50,9 @@ pub(super) fn top_n(logits: &[f32], n: usize, lse: f32, out: &mut Vec<TokenLogpr
             },
         );
         out.truncate(n);
+        if out.len() == n {
+            bar = out[n - 1].logprob;
+        }
     }
     for t in out.iter_mut() {
         t.logprob -= lse;

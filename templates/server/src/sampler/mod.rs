@@ -10,6 +10,7 @@
 //! (see [`select`] for the order and its cost).
 
 mod logprobs;
+mod math;
 mod params;
 mod penalties;
 mod select;
@@ -53,6 +54,23 @@ pub struct SampledToken {
     pub logprob: Option<f32>,
     /// The `top_logprobs` most likely tokens at this position, most likely first.
     pub top_logprobs: Vec<TokenLogprob>,
+}
+
+/// Log-probabilities at one position whose token is already known (a prompt token,
+/// for `echo` with `logprobs`): `token`'s, and the `top_n` most likely, from the raw
+/// distribution as [`SequenceSampler::sample`] reports them.
+pub fn score(logits: &[f32], token: u32, top_n: usize) -> SampledToken {
+    let lse = logprobs::log_sum_exp(logits);
+    let mut top_logprobs = Vec::new();
+    logprobs::top_n(logits, top_n, lse, &mut top_logprobs);
+    let raw = logits
+        .get(token as usize)
+        .map_or(f32::NEG_INFINITY, |&l| select::rank(l));
+    SampledToken {
+        id: token,
+        logprob: Some(raw - lse),
+        top_logprobs,
+    }
 }
 
 /// Per-sequence sampling state, owned by the scheduler for the sequence's lifetime.

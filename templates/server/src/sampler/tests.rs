@@ -131,22 +131,56 @@ fn top_p_keeps_the_smallest_prefix_reaching_p() {
     assert_close(&frequencies(tiny, &logits), &[0.0, 1.0, 0.0, 0.0]);
 }
 
-#[test]
-fn top_p_on_a_full_vocabulary_row_grows_its_sorted_prefix() {
-    // Equal logits: top_p = 0.5 must keep half of the 49152 tokens, far past the first
-    // sorted prefix.
-    let logits = vec![0.0f32; 49152];
+fn kept_by_top_p(logits: &[f32], top_p: f32) -> Vec<u32> {
     let mut c = select::Candidates::default();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let filters = Filters {
         temperature: 1.0,
         top_k: 0,
-        top_p: 0.5,
+        top_p,
         min_p: 0.0,
     };
-    assert!(c.draw(&logits, filters, &mut rng).is_some());
-    let kept = c.kept_ids().len();
-    assert!((24_570..=24_582).contains(&kept), "kept {kept}");
+    assert!(c.draw(logits, filters, &mut rng).is_some());
+    c.kept_ids()
+}
+
+#[test]
+fn top_p_on_equal_logits_keeps_the_lowest_ids() {
+    let kept = kept_by_top_p(&[0.0f32; 49152], 0.5);
+    assert_eq!(kept, (0..24576).collect::<Vec<u32>>());
+    assert_eq!(kept_by_top_p(&[1.0, 0.0, 0.0, 0.0, 1.0], 0.5), [0, 4]);
+}
+
+#[test]
+fn top_p_partition_agrees_with_sorting_on_random_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    for round in 0..40 {
+        let n = [1, 2, 7, 100, 5000][round % 5];
+        let logits: Vec<f32> = (0..n)
+            .map(|_| rand::RngExt::random::<f32>(&mut rng) * 12.0 - 6.0)
+            .collect();
+        let top_p = [0.01, 0.3, 0.9, 0.999][round % 4];
+        // Reference: sort by weight, keep the shortest prefix reaching top_p.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sorted: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, (l - max).exp()))
+            .collect();
+        let total: f64 = sorted.iter().map(|c| f64::from(c.1)).sum();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut acc = 0.0;
+        let cut = sorted
+            .iter()
+            .position(|c| {
+                acc += f64::from(c.1);
+                acc >= f64::from(top_p) * total
+            })
+            .map_or(n, |i| i + 1);
+        let mut want: Vec<u32> = sorted[..cut].iter().map(|c| c.0).collect();
+        want.sort_unstable();
+        assert_eq!(kept_by_top_p(&logits, top_p), want, "n {n}, top_p {top_p}");
+    }
 }
 
 #[test]
@@ -273,4 +307,25 @@ fn logprobs_report_the_raw_distribution() {
     let mut quiet = sampler(seeded(12));
     let t = quiet.sample(&mut raw.clone()).expect("samples");
     assert_eq!((t.logprob, t.top_logprobs.len()), (None, 0));
+}
+
+#[test]
+fn score_of_a_known_token_matches_what_sampling_reports() {
+    let raw = [0.5f32, -1.0, 2.0, f32::NAN];
+    let mut s = sampler(SamplingParams {
+        logprobs: true,
+        top_logprobs: 2,
+        ..SamplingParams::greedy()
+    });
+    let sampled = s.sample(&mut raw.clone()).expect("samples");
+    assert_eq!(score(&raw, 2, 2), sampled);
+    let other = score(&raw, 1, 0);
+    let lse = [0.5f32, -1.0, 2.0]
+        .iter()
+        .map(|l| l.exp())
+        .sum::<f32>()
+        .ln();
+    assert_eq!(other.id, 1);
+    assert!((other.logprob.expect("always set") - (-1.0 - lse)).abs() < 1e-6);
+    assert!(other.top_logprobs.is_empty());
 }
