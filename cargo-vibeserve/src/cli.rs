@@ -23,6 +23,8 @@ enum Command {
     Init(crate::manifest::InitArgs),
     /// Validate a Serve.toml and print a summary of the target.
     Check(crate::manifest::CheckArgs),
+    /// Benchmark a server (ours, a peer, or any URL) with a streaming OpenAI workload.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parse the command line and run the command.
@@ -32,6 +34,7 @@ pub fn main() -> miette::Result<()> {
     match args.command {
         Command::Init(args) => exit_on_error(crate::manifest::init(&args), |e| e.exit_code()),
         Command::Check(args) => exit_on_error(crate::manifest::check(&args), |e| e.exit_code()),
+        Command::Bench(args) => crate::bench::command::main(args),
     }
 }
 
