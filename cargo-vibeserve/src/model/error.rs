@@ -27,9 +27,10 @@ pub enum ModelError {
     },
 
     /// The file's content does not have the digest the manifest promises.
-    #[error("sha256 mismatch for {what}\n  expected: {expected}\n  actual:   {actual}")]
+    // Short prefixes keep each digest on one line of an 80-column report.
+    #[error("sha256 mismatch for {what}\nexpected: {expected}\nactual:   {actual}")]
     #[diagnostic(help(
-        "if the model legitimately changed, set `sha256 = \"{actual}\"` in Serve.toml's [model] table"
+        "if the model legitimately changed, put the actual digest in `sha256` in Serve.toml's [model] table"
     ))]
     DigestMismatch {
         /// The file or package member that was hashed.
