@@ -45,7 +45,9 @@ pub fn locate(target: Option<&str>, cwd: &Path) -> Result<PathBuf, ManifestError
         return if cwd.join(&path).is_file() {
             Ok(path)
         } else {
-            Err(ManifestError::NoManifest { dir: PathBuf::from(".") })
+            Err(ManifestError::NoManifest {
+                dir: PathBuf::from("."),
+            })
         };
     };
     let given = PathBuf::from(target);
@@ -65,13 +67,17 @@ pub fn locate(target: Option<&str>, cwd: &Path) -> Result<PathBuf, ManifestError
     let (targets_dir, found) = match &workspace {
         Some(ws) => {
             if let Some(path) = ws.target_manifest(target) {
-                return Ok(path.strip_prefix(cwd).map_or_else(|_| path.clone(), Path::to_path_buf));
+                return Ok(path
+                    .strip_prefix(cwd)
+                    .map_or_else(|_| path.clone(), Path::to_path_buf));
             }
             (ws.targets_dir(), ws.targets()?)
         }
         None => (PathBuf::from(crate::workspace::TARGETS_DIR), Vec::new()),
     };
-    let targets_dir = targets_dir.strip_prefix(cwd).map_or(targets_dir.clone(), Path::to_path_buf);
+    let targets_dir = targets_dir
+        .strip_prefix(cwd)
+        .map_or(targets_dir.clone(), Path::to_path_buf);
     Err(ManifestError::TargetNotFound {
         target: target.to_string(),
         targets_dir,
@@ -100,12 +106,19 @@ pub fn summary(manifest: &Manifest) -> String {
     let line = |out: &mut String, key: &str, value: String| {
         let _ = writeln!(out, "  {key:<12} {value}");
     };
-    let _ = writeln!(out, "{} is valid (Serve.toml version {})", manifest.target.name, manifest.target.version);
+    let _ = writeln!(
+        out,
+        "{} is valid (Serve.toml version {})",
+        manifest.target.name, manifest.target.version
+    );
     let model = &manifest.model;
     let source = match &model.source {
         ModelSource::Path(p) => format!("file {}", shown(manifest, p)),
         ModelSource::Pip { spec, file } => format!("pip {spec}, file {file}"),
-        ModelSource::Dummy { config, seed } => format!("dummy weights shaped by {}, seed {seed}", shown(manifest, config)),
+        ModelSource::Dummy { config, seed } => format!(
+            "dummy weights shaped by {}, seed {seed}",
+            shown(manifest, config)
+        ),
     };
     line(&mut out, "model", format!("{} from {source}", model.format));
     if let Some(sha) = &model.sha256 {
@@ -113,24 +126,55 @@ pub fn summary(manifest: &Manifest) -> String {
     }
     let hardware = match &manifest.hardware {
         Hardware::Cpu { threads, isa } => {
-            format!("cpu, {threads} thread{}, isa {isa}", if *threads == 1 { "" } else { "s" })
+            format!(
+                "cpu, {threads} thread{}, isa {isa}",
+                if *threads == 1 { "" } else { "s" }
+            )
         }
-        Hardware::Cuda { arch, gpus } => format!("cuda {arch}, {gpus} GPU{}", if *gpus == 1 { "" } else { "s" }),
+        Hardware::Cuda { arch, gpus } => format!(
+            "cuda {arch}, {gpus} GPU{}",
+            if *gpus == 1 { "" } else { "s" }
+        ),
     };
     line(&mut out, "hardware", hardware);
     let arrival = match manifest.workload.arrival {
         Arrival::Concurrency(n) => format!("concurrency {n}"),
         Arrival::Poisson { rate, seed } => format!("Poisson {rate} requests/s, seed {seed}"),
     };
-    line(&mut out, "workload", format!("{}, {arrival}", shown(manifest, &manifest.workload.requests)));
+    line(
+        &mut out,
+        "workload",
+        format!(
+            "{}, {arrival}",
+            shown(manifest, &manifest.workload.requests)
+        ),
+    );
     let bench = &manifest.benchmark;
     line(&mut out, "objective", bench.objective.to_string());
     let constraints: Vec<String> = bench.constraints.iter().map(ToString::to_string).collect();
-    line(&mut out, "constraints", if constraints.is_empty() { "none".into() } else { constraints.join(", ") });
-    let peer = bench.peer.map_or("no peer".to_string(), |p| format!("peer {p}"));
-    line(&mut out, "benchmark", format!("{} repetitions, {peer}", bench.repetitions));
+    line(
+        &mut out,
+        "constraints",
+        if constraints.is_empty() {
+            "none".into()
+        } else {
+            constraints.join(", ")
+        },
+    );
+    let peer = bench
+        .peer
+        .map_or("no peer".to_string(), |p| format!("peer {p}"));
+    line(
+        &mut out,
+        "benchmark",
+        format!("{} repetitions, {peer}", bench.repetitions),
+    );
     let accuracy = manifest.accuracy.as_ref().map_or("none".to_string(), |a| {
-        format!("{} (golden {})", a.command.join(" "), shown(manifest, &a.golden))
+        format!(
+            "{} (golden {})",
+            a.command.join(" "),
+            shown(manifest, &a.golden)
+        )
     });
     line(&mut out, "accuracy", accuracy);
     let search = &manifest.search;
@@ -138,6 +182,13 @@ pub fn summary(manifest: &Manifest) -> String {
         Some(agent) => format!("openai agent, model {}", agent.model),
         None => "builtin agent".to_string(),
     };
-    line(&mut out, "search", format!("{}, {} rounds, {agent}, seed {}", search.policy, search.rounds, search.seed));
+    line(
+        &mut out,
+        "search",
+        format!(
+            "{}, {} rounds, {agent}, seed {}",
+            search.policy, search.rounds, search.seed
+        ),
+    );
     out
 }

@@ -131,7 +131,10 @@ impl std::error::Error for Problem {}
 
 impl Diagnostic for Problem {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(format!("vibeserve::manifest::{}", self.kind.code())))
+        Some(Box::new(format!(
+            "vibeserve::manifest::{}",
+            self.kind.code()
+        )))
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
@@ -254,7 +257,10 @@ pub enum ManifestError {
 
     /// TARGET is neither a Serve.toml, a folder holding one, nor a target name.
     #[error("no target `{target}`: it is not a Serve.toml, a folder with one, or a target under {}", targets_dir.display())]
-    #[diagnostic(code(vibeserve::manifest::target_not_found), help("{}", targets_help(found)))]
+    #[diagnostic(
+        code(vibeserve::manifest::target_not_found),
+        help("{}", targets_help(found))
+    )]
     TargetNotFound {
         /// What was asked for.
         target: String,
@@ -344,7 +350,10 @@ fn targets_help(found: &[String]) -> String {
 }
 
 /// The candidate closest to `word`, if any is close enough to be a likely typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     // 0.8 on the Jaro-Winkler scale catches one or two wrong letters in short names without
     // suggesting unrelated words.
     const MIN_SIMILARITY: f64 = 0.8;

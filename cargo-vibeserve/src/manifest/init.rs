@@ -99,7 +99,10 @@ pub fn init(args: &InitArgs) -> Result<(), ManifestError> {
     write_file(&path, &text, !args.force)?;
     println!("wrote {}", path.display());
     if wrote_workload {
-        println!("wrote {} (three sample requests; replace them with your workload)", workload.display());
+        println!(
+            "wrote {} (three sample requests; replace them with your workload)",
+            workload.display()
+        );
     }
     println!("next: cargo vibeserve check {}", args.dir.display());
     Ok(())
@@ -126,7 +129,9 @@ fn write_file(path: &Path, text: &str, new: bool) -> Result<(), ManifestError> {
     } else {
         options.create(true).truncate(true);
     }
-    let result = options.open(path).and_then(|mut f| f.write_all(text.as_bytes()));
+    let result = options
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
     match result {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ManifestError::Exists {
             path: path.to_path_buf(),
@@ -142,10 +147,19 @@ fn write_file(path: &Path, text: &str, new: bool) -> Result<(), ManifestError> {
 /// A target name from a folder name: lowercase, other characters as `-`.
 fn name_from_dir(dir: &Path) -> String {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let raw = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let raw = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let name = name.trim_matches('-');
     match name.chars().next() {
@@ -169,14 +183,29 @@ fn model_source(args: &InitArgs) -> Result<(String, String), ManifestError> {
             });
         }
         let rel = relative_to(gguf, &args.dir);
-        return Ok((format!("{{ path = {} }}", quote(&rel.to_string_lossy())), computed));
+        return Ok((
+            format!("{{ path = {} }}", quote(&rel.to_string_lossy())),
+            computed,
+        ));
     }
     if let (Some(spec), Some(file)) = (&args.pip, &args.file) {
         let sha = args.sha256.clone().unwrap_or_default();
-        return Ok((format!("{{ pip = {}, file = {} }}", quote(spec), quote(file)), sha));
+        return Ok((
+            format!("{{ pip = {}, file = {} }}", quote(spec), quote(file)),
+            sha,
+        ));
     }
-    let source = format!("{{ pip = {}, file = {} }}", quote(DEFAULT_PIP_SPEC), quote(DEFAULT_PIP_FILE));
-    Ok((source, args.sha256.clone().unwrap_or_else(|| DEFAULT_SHA256.to_string())))
+    let source = format!(
+        "{{ pip = {}, file = {} }}",
+        quote(DEFAULT_PIP_SPEC),
+        quote(DEFAULT_PIP_FILE)
+    );
+    Ok((
+        source,
+        args.sha256
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SHA256.to_string()),
+    ))
 }
 
 /// A TOML basic string.
@@ -208,7 +237,10 @@ fn sha256_file(path: &Path) -> Result<String, ManifestError> {
 /// `path` as seen from the folder `base` (both taken from the current folder); absolute when
 /// they share no root.
 fn relative_to(path: &Path, base: &Path) -> PathBuf {
-    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    };
     let (path, base) = (abs(path), abs(base));
     let p: Vec<Component> = path.components().collect();
     let b: Vec<Component> = base.components().collect();
@@ -255,7 +287,11 @@ fn render(name: &str, source: &str, sha256: &str, args: &InitArgs) -> String {
 fn metrics_comment() -> String {
     let mut lines = vec![String::from("#  ")];
     for (i, metric) in METRICS.iter().enumerate() {
-        let word = if i + 1 == METRICS.len() { metric.to_string() } else { format!("{metric},") };
+        let word = if i + 1 == METRICS.len() {
+            metric.to_string()
+        } else {
+            format!("{metric},")
+        };
         let last = lines.len() - 1;
         if lines[last].len() + 1 + word.len() > COMMENT_WIDTH {
             lines.push(String::from("#  "));
@@ -272,8 +308,14 @@ fn metrics_comment() -> String {
 fn sample_workload(model: &str) -> String {
     let requests = [
         ("What is the capital of France?", 16),
-        ("Write a Python function that returns the n-th Fibonacci number iteratively.", 128),
-        ("Summarise in two sentences why continuous batching raises the throughput of an LLM server.", 64),
+        (
+            "Write a Python function that returns the n-th Fibonacci number iteratively.",
+            128,
+        ),
+        (
+            "Summarise in two sentences why continuous batching raises the throughput of an LLM server.",
+            64,
+        ),
     ];
     requests
         .iter()

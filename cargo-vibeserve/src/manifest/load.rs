@@ -80,7 +80,11 @@ fn check_version(text: &str, source: &Source) -> Result<(), Invalid> {
         Ok(probe) => probe.target.and_then(|t| t.version),
     };
     match version {
-        Some(v) if !SUPPORTED_VERSIONS.iter().any(|s| i64::from(*s) == *v.get_ref()) => {
+        Some(v)
+            if !SUPPORTED_VERSIONS
+                .iter()
+                .any(|s| i64::from(*s) == *v.get_ref()) =>
+        {
             let supported: Vec<String> = SUPPORTED_VERSIONS.iter().map(u32::to_string).collect();
             Err(Problem::new(
                 ProblemKind::Version,
@@ -184,12 +188,20 @@ fn schema_problem(path: &str, e: &toml::de::Error, text: &str, source: &Source) 
         let valid = expected_names(message);
         // The path ends with the unknown key itself.
         let table = path.rsplit_once('.').map_or("", |(table, _)| table);
-        let (message, what) = if table.is_empty() {
-            (format!("unknown table [{key}]"), "valid tables")
+        let (message, label, what) = if table.is_empty() {
+            (
+                format!("unknown table [{key}]"),
+                "unknown table",
+                "valid tables",
+            )
         } else {
-            (format!("unknown key `{key}` in {}", table_name(table)), "valid keys here")
+            (
+                format!("unknown key `{key}` in {}", table_name(table)),
+                "unknown key",
+                "valid keys here",
+            )
         };
-        return Problem::new(ProblemKind::UnknownKey, source, span, message, "unknown key")
+        return Problem::new(ProblemKind::UnknownKey, source, span, message, label)
             .with_help(suggest(key, &valid, what));
     }
     if message.starts_with("unknown variant") {
@@ -220,16 +232,36 @@ fn schema_problem(path: &str, e: &toml::de::Error, text: &str, source: &Source) 
         ),
         None => (ProblemKind::BadValue, message, ""),
     };
-    let what = if kind == ProblemKind::WrongType { "wrong type" } else { "invalid value" };
+    let what = if kind == ProblemKind::WrongType {
+        "wrong type"
+    } else {
+        "invalid value"
+    };
     let expected = describe_expected(expected);
-    Problem::new(kind, source, span, format!("{what} for `{path}`: found {found}"), format!("expected {expected}"))
-        .with_help(format!("`{path}` takes {expected}"))
+    Problem::new(
+        kind,
+        source,
+        span,
+        format!("{what} for `{path}`: found {found}"),
+        format!("expected {expected}"),
+    )
+    .with_help(format!("`{path}` takes {expected}"))
 }
 
 /// A missing key or table. serde points at the whole enclosing table; narrow the label to
 /// its first line (the `[table]` header) so the snippet stays short.
-fn missing_key(path: &str, key: &str, span: std::ops::Range<usize>, text: &str, source: &Source) -> Problem {
-    let full = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+fn missing_key(
+    path: &str,
+    key: &str,
+    span: std::ops::Range<usize>,
+    text: &str,
+    source: &Source,
+) -> Problem {
+    let full = if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    };
     if path.is_empty() {
         return Problem::new(
             ProblemKind::MissingKey,
@@ -262,7 +294,7 @@ fn describe_expected(expected: &str) -> String {
         "a sequence" => "an array, [ … ]".into(),
         "a boolean" => "true or false".into(),
         e if e.starts_with("struct ") || e == "a map" => "a table, { … } or [name]".into(),
-        e if e.is_empty() => "a different value".into(),
+        "" => "a different value".into(),
         e => e.into(),
     }
 }

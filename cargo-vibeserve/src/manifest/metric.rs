@@ -70,8 +70,7 @@ impl serde::Serialize for Metric {
 impl<'de> serde::Deserialize<'de> for Metric {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
-        Metric::from_name(&name)
-            .ok_or_else(|| serde::de::Error::unknown_variant(&name, METRICS))
+        Metric::from_name(&name).ok_or_else(|| serde::de::Error::unknown_variant(&name, METRICS))
     }
 }
 
@@ -212,7 +211,10 @@ fn metric_at(word: &str, range: std::ops::Range<usize>) -> Result<Metric, ExprEr
         label: "unknown metric".into(),
         range,
         help: match crate::manifest::error::closest(word, METRICS.iter().copied()) {
-            Some(near) => format!("did you mean `{near}`? Known metrics: {}", METRICS.join(", ")),
+            Some(near) => format!(
+                "did you mean `{near}`? Known metrics: {}",
+                METRICS.join(", ")
+            ),
             None => format!("known metrics: {}", METRICS.join(", ")),
         },
     })
@@ -245,12 +247,26 @@ pub fn parse_objective(text: &str) -> Result<Objective, ExprError> {
     let metric = metric_at(metric, metric_range.clone())?;
     if metric.better() != direction {
         return Err(ExprError {
-            message: format!("`{}` of `{metric}` optimises the wrong way", direction.keyword()),
-            label: format!("{} is better", metric.better().keyword().replace("max", "higher").replace("min", "lower")),
+            message: format!(
+                "`{}` of `{metric}` optimises the wrong way",
+                direction.keyword()
+            ),
+            label: format!(
+                "{} is better",
+                metric
+                    .better()
+                    .keyword()
+                    .replace("max", "higher")
+                    .replace("min", "lower")
+            ),
             range: 0..text.len(),
             help: format!(
                 "`{metric}` is better when {}: write \"{} {metric}\"",
-                if metric.better() == Direction::Max { "higher" } else { "lower" },
+                if metric.better() == Direction::Max {
+                    "higher"
+                } else {
+                    "lower"
+                },
                 metric.better().keyword()
             ),
         });
@@ -260,7 +276,8 @@ pub fn parse_objective(text: &str) -> Result<Objective, ExprError> {
 
 /// Parse `"p99_ttft_ms <= 2000"` (spaces around the operator optional).
 pub fn parse_constraint(text: &str) -> Result<Constraint, ExprError> {
-    const FORM: &str = "write `METRIC OP NUMBER` with OP one of <=, <, >=, >, e.g. \"p99_ttft_ms <= 2000\"";
+    const FORM: &str =
+        "write `METRIC OP NUMBER` with OP one of <=, <, >=, >, e.g. \"p99_ttft_ms <= 2000\"";
     let skip_space = |from: usize| from + (text[from..].len() - text[from..].trim_start().len());
     let start = skip_space(0);
     let name_len = text[start..]
@@ -283,7 +300,10 @@ pub fn parse_constraint(text: &str) -> Result<Constraint, ExprError> {
         let token = text[op_start..].split_whitespace().next().unwrap_or("");
         let end = op_start + token.len();
         let help = match token {
-            "=<" | "=>" => format!("did you mean `{}`? {FORM}", token.chars().rev().collect::<String>()),
+            "=<" | "=>" => format!(
+                "did you mean `{}`? {FORM}",
+                token.chars().rev().collect::<String>()
+            ),
             "==" | "=" => format!("a constraint is a bound, not an equality; {FORM}"),
             _ => FORM.to_string(),
         };
@@ -294,7 +314,11 @@ pub fn parse_constraint(text: &str) -> Result<Constraint, ExprError> {
                 format!("`{token}` is not a comparison operator")
             },
             label: "expected <=, <, >= or >".into(),
-            range: if token.is_empty() { 0..text.len() } else { op_start..end },
+            range: if token.is_empty() {
+                0..text.len()
+            } else {
+                op_start..end
+            },
             help,
         });
     };
@@ -310,8 +334,14 @@ pub fn parse_constraint(text: &str) -> Result<Constraint, ExprError> {
                     format!("`{number}` is not a number")
                 },
                 label: "expected a number".into(),
-                range: if number.is_empty() { op_start..text.len() } else { num_start..num_start + number.len() },
-                help: format!("the bound is a plain number in the metric's unit (ms or per second); {FORM}"),
+                range: if number.is_empty() {
+                    op_start..text.len()
+                } else {
+                    num_start..num_start + number.len()
+                },
+                help: format!(
+                    "the bound is a plain number in the metric's unit (ms or per second); {FORM}"
+                ),
             });
         }
     };
@@ -328,7 +358,10 @@ mod tests {
         assert_eq!(o.direction, Direction::Max);
         assert_eq!(o.metric.name(), "output_tokens_per_s");
         let o = parse_objective("  min   p99_ttft_ms ").unwrap();
-        assert_eq!((o.direction, o.metric.name()), (Direction::Min, "p99_ttft_ms"));
+        assert_eq!(
+            (o.direction, o.metric.name()),
+            (Direction::Min, "p99_ttft_ms")
+        );
         assert_eq!(o.to_string(), "min p99_ttft_ms");
     }
 
@@ -336,12 +369,21 @@ mod tests {
     fn objective_rejects_unknown_metric_with_its_range_and_a_suggestion() {
         let e = parse_objective("max output_token_per_s").unwrap_err();
         assert_eq!(e.range, 4..22);
-        assert!(e.help.starts_with("did you mean `output_tokens_per_s`?"), "{}", e.help);
+        assert!(
+            e.help.starts_with("did you mean `output_tokens_per_s`?"),
+            "{}",
+            e.help
+        );
     }
 
     #[test]
     fn objective_rejects_bad_direction_and_shape() {
-        assert_eq!(parse_objective("maximise requests_per_s").unwrap_err().range, 0..8);
+        assert_eq!(
+            parse_objective("maximise requests_per_s")
+                .unwrap_err()
+                .range,
+            0..8
+        );
         assert_eq!(parse_objective("max").unwrap_err().range, 0..3);
         assert!(parse_objective("max a b").is_err());
     }
@@ -383,28 +425,48 @@ mod tests {
     #[test]
     fn constraint_errors_point_at_the_offending_part() {
         let e = parse_constraint("p99_ttft_ms == 2000").unwrap_err();
-        assert_eq!((e.range.clone(), e.message.as_str()), (12..14, "`==` is not a comparison operator"));
+        assert_eq!(
+            (e.range.clone(), e.message.as_str()),
+            (12..14, "`==` is not a comparison operator")
+        );
         let e = parse_constraint("p99_ttft_ms =< 2000").unwrap_err();
         assert!(e.help.starts_with("did you mean `<=`?"), "{}", e.help);
         let e = parse_constraint("p99_ttft_ms").unwrap_err();
         assert_eq!(e.message, "no comparison operator after `p99_ttft_ms`");
         assert!(parse_constraint("<= 2000").is_err());
         let e = parse_constraint("p99_ttft_ms <= 2000 ms").unwrap_err();
-        assert_eq!((e.range.clone(), e.message.as_str()), (15..22, "`2000 ms` is not a number"));
+        assert_eq!(
+            (e.range.clone(), e.message.as_str()),
+            (15..22, "`2000 ms` is not a number")
+        );
         let e = parse_constraint("p99_latency <= 2000").unwrap_err();
-        assert_eq!((e.range.clone(), e.message.as_str()), (0..11, "unknown metric `p99_latency`"));
+        assert_eq!(
+            (e.range.clone(), e.message.as_str()),
+            (0..11, "unknown metric `p99_latency`")
+        );
         let e = parse_constraint("p99_ttft_ms <= fast").unwrap_err();
         assert_eq!(e.range, 15..19);
         let e = parse_constraint("p99_ttft_ms <= inf").unwrap_err();
         assert_eq!(e.range, 15..18);
         let e = parse_constraint("p99_ttft_ms <=").unwrap_err();
-        assert_eq!((e.range.clone(), e.message.as_str()), (12..14, "no bound after `<=`"));
+        assert_eq!(
+            (e.range.clone(), e.message.as_str()),
+            (12..14, "no bound after `<=`")
+        );
     }
 
     #[test]
     fn metrics_know_their_better_direction() {
-        assert_eq!(Metric::from_name("goodput_requests_per_s").unwrap().better(), Direction::Max);
-        assert_eq!(Metric::from_name("mean_e2el_ms").unwrap().better(), Direction::Min);
+        assert_eq!(
+            Metric::from_name("goodput_requests_per_s")
+                .unwrap()
+                .better(),
+            Direction::Max
+        );
+        assert_eq!(
+            Metric::from_name("mean_e2el_ms").unwrap().better(),
+            Direction::Min
+        );
         assert!(Metric::from_name("p95_ttft_ms").is_none());
         assert!(Direction::Min.improves(1.0, 2.0) && !Direction::Max.improves(1.0, 2.0));
     }

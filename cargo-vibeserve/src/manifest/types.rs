@@ -316,9 +316,14 @@ mod tests {
     /// The keywords printed by `as_str` are the ones serde reads.
     #[test]
     fn keywords_match_serde_names() {
-        fn round_trip<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + Copy + std::fmt::Display>(all: &[T]) {
+        fn round_trip<
+            T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + Copy + std::fmt::Display,
+        >(
+            all: &[T],
+        ) {
             for v in all {
-                let parsed: T = serde_json::from_value(serde_json::Value::String(v.to_string())).unwrap();
+                let parsed: T =
+                    serde_json::from_value(serde_json::Value::String(v.to_string())).unwrap();
                 assert_eq!(parsed, *v);
             }
         }

@@ -8,7 +8,10 @@ use toml::Spanned;
 
 use super::error::{Invalid, Problem, ProblemKind, Source, first_line};
 use super::schema::{RawAgent, RawManifest, RawSearch, RawTarget};
-use super::types::{Accuracy, Agent, AgentKind, Benchmark, Hardware, Model, Policy, Search, Target, Workload, defaults};
+use super::types::{
+    Accuracy, Agent, AgentKind, Benchmark, Hardware, Model, Policy, Search, Target, Workload,
+    defaults,
+};
 
 /// What a file's keys resolve against, and the problems found so far.
 pub(crate) struct Ctx {
@@ -86,7 +89,12 @@ impl Ctx {
 
     /// Resolve `rel` against the manifest's folder; report it if nothing is there, or if
     /// `want_file` and it is a folder. `what` names the key, `key.path`.
-    pub(crate) fn existing(&mut self, rel: &Spanned<String>, what: &str, want_file: bool) -> Option<PathBuf> {
+    pub(crate) fn existing(
+        &mut self,
+        rel: &Spanned<String>,
+        what: &str,
+        want_file: bool,
+    ) -> Option<PathBuf> {
         let path = self.dir.join(rel.get_ref());
         let shown = self.shown(rel.get_ref());
         let problem = if rel.get_ref().is_empty() {
@@ -97,7 +105,10 @@ impl Ctx {
                 "no such file".to_string(),
             ))
         } else if want_file && !path.is_file() {
-            Some((format!("names {shown}, which is not a file"), "not a file".to_string()))
+            Some((
+                format!("names {shown}, which is not a file"),
+                "not a file".to_string(),
+            ))
         } else {
             None
         };
@@ -117,12 +128,25 @@ impl Ctx {
     }
 
     /// Check that a whole-number setting is at least 1.
-    pub(crate) fn at_least_one<T: Into<u64> + Copy>(&mut self, value: &Option<Spanned<T>>, key: &str, default: T) -> T {
+    pub(crate) fn at_least_one<T: Into<u64> + Copy>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        key: &str,
+        default: T,
+    ) -> T {
         match value {
             Some(v) if (*v.get_ref()).into() == 0 => {
                 let p = self
-                    .problem(ProblemKind::BadValue, v.span(), format!("`{key}` must be at least 1"), "zero")
-                    .with_help(format!("leave `{key}` out for the default, {}", default.into()));
+                    .problem(
+                        ProblemKind::BadValue,
+                        v.span(),
+                        format!("`{key}` must be at least 1"),
+                        "zero",
+                    )
+                    .with_help(format!(
+                        "leave `{key}` out for the default, {}",
+                        default.into()
+                    ));
                 self.report(p);
                 default
             }
@@ -180,17 +204,25 @@ pub(crate) fn resolve(raw: RawManifest, mut cx: Ctx) -> Result<Resolved, Invalid
     let source = cx.source.clone();
     cx.finish()?;
     // Every resolver that returns `None` has reported a problem, so `finish` returned above.
-    match (model, hardware, workload, benchmark, accuracy.map_or(Some(None), |a| a.map(Some))) {
-        (Some(model), Some(hardware), Some(workload), Some(benchmark), Some(accuracy)) => Ok(Resolved {
-            target,
-            model,
-            hardware,
-            workload,
-            benchmark,
-            accuracy,
-            search,
-            agent,
-        }),
+    match (
+        model,
+        hardware,
+        workload,
+        benchmark,
+        accuracy.map_or(Some(None), |a| a.map(Some)),
+    ) {
+        (Some(model), Some(hardware), Some(workload), Some(benchmark), Some(accuracy)) => {
+            Ok(Resolved {
+                target,
+                model,
+                hardware,
+                workload,
+                benchmark,
+                accuracy,
+                search,
+                agent,
+            })
+        }
         _ => Err(Problem::new(
             ProblemKind::BadValue,
             &source,
@@ -205,9 +237,9 @@ pub(crate) fn resolve(raw: RawManifest, mut cx: Ctx) -> Result<Resolved, Invalid
 /// `[target]`.
 fn target(raw: &RawTarget, cx: &mut Ctx) -> Target {
     let name = raw.name.get_ref();
-    let bad = name
-        .char_indices()
-        .find(|(i, c)| !(c.is_ascii_lowercase() || (*i > 0 && (c.is_ascii_digit() || *c == '-' || *c == '_'))));
+    let bad = name.char_indices().find(|(i, c)| {
+        !(c.is_ascii_lowercase() || (*i > 0 && (c.is_ascii_digit() || *c == '-' || *c == '_')))
+    });
     let problem = if name.is_empty() {
         Some((raw.name.span(), "the target name is empty".to_string()))
     } else {
@@ -255,7 +287,12 @@ fn search(raw: Option<&RawSearch>, cx: &mut Ctx) -> Search {
 }
 
 /// `[agent]`: required for the openai agent, refused otherwise.
-fn agent(raw: Option<&Spanned<RawAgent>>, search: Option<&RawSearch>, resolved: Search, cx: &mut Ctx) -> Option<Agent> {
+fn agent(
+    raw: Option<&Spanned<RawAgent>>,
+    search: Option<&RawSearch>,
+    resolved: Search,
+    cx: &mut Ctx,
+) -> Option<Agent> {
     let kind_span = search.and_then(|s| s.agent.as_ref()).map(Spanned::span);
     match (raw, resolved.agent) {
         (None, AgentKind::Openai) => {
@@ -268,7 +305,12 @@ fn agent(raw: Option<&Spanned<RawAgent>>, search: Option<&RawSearch>, resolved: 
         (Some(raw), AgentKind::Builtin) => {
             let header = first_line(cx.source.inner(), raw.span());
             let p = cx
-                .problem(ProblemKind::Conflict, header, "[agent] is only used with `search.agent = \"openai\"`", "this table is never read")
+                .problem(
+                    ProblemKind::Conflict,
+                    header,
+                    "[agent] is only used with `search.agent = \"openai\"`",
+                    "this table is never read",
+                )
                 .with_help("remove [agent], or set `agent = \"openai\"` in [search]");
             cx.report(p);
             None
@@ -282,17 +324,36 @@ fn agent(raw: Option<&Spanned<RawAgent>>, search: Option<&RawSearch>, resolved: 
 fn agent_table(raw: &RawAgent, cx: &mut Ctx) -> Agent {
     if raw.model.get_ref().trim().is_empty() {
         let p = cx
-            .problem(ProblemKind::BadValue, raw.model.span(), "`agent.model` is empty", "expected a model name")
+            .problem(
+                ProblemKind::BadValue,
+                raw.model.span(),
+                "`agent.model` is empty",
+                "expected a model name",
+            )
             .with_help("name the model the endpoint serves, e.g. \"gpt-4.1\"");
         cx.report(p);
     }
-    let base_url_env = env_name(raw.base_url_env.as_ref(), "agent.base_url_env", defaults::BASE_URL_ENV, cx);
-    let api_key_env = env_name(raw.api_key_env.as_ref(), "agent.api_key_env", defaults::API_KEY_ENV, cx);
+    let base_url_env = env_name(
+        raw.base_url_env.as_ref(),
+        "agent.base_url_env",
+        defaults::BASE_URL_ENV,
+        cx,
+    );
+    let api_key_env = env_name(
+        raw.api_key_env.as_ref(),
+        "agent.api_key_env",
+        defaults::API_KEY_ENV,
+        cx,
+    );
     Agent {
         model: raw.model.get_ref().clone(),
         base_url_env,
         api_key_env,
-        max_tool_calls: cx.at_least_one(&raw.max_tool_calls, "agent.max_tool_calls", defaults::MAX_TOOL_CALLS),
+        max_tool_calls: cx.at_least_one(
+            &raw.max_tool_calls,
+            "agent.max_tool_calls",
+            defaults::MAX_TOOL_CALLS,
+        ),
         max_tokens: cx.at_least_one(&raw.max_tokens, "agent.max_tokens", defaults::MAX_TOKENS),
         max_minutes: cx.at_least_one(&raw.max_minutes, "agent.max_minutes", defaults::MAX_MINUTES),
     }
@@ -309,8 +370,15 @@ fn env_name(raw: Option<&Spanned<String>>, key: &str, default: &str, cx: &mut Ct
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
         let p = cx
-            .problem(ProblemKind::BadValue, raw.span(), format!("`{key}` is not an environment variable name"), "not a variable name")
-            .with_help(format!("name the variable, not its value, e.g. \"{default}\""));
+            .problem(
+                ProblemKind::BadValue,
+                raw.span(),
+                format!("`{key}` is not an environment variable name"),
+                "not a variable name",
+            )
+            .with_help(format!(
+                "name the variable, not its value, e.g. \"{default}\""
+            ));
         cx.report(p);
     }
     name.clone()

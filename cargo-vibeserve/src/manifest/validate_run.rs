@@ -33,13 +33,19 @@ fn requests_file(path: &Path, rel: &Spanned<String>, cx: &mut Ctx) -> bool {
         Ok(text) => text,
         Err(e) => {
             let p = cx
-                .problem(ProblemKind::MissingFile, rel.span(), format!("cannot read `workload.requests`: {e}"), "unreadable")
+                .problem(
+                    ProblemKind::MissingFile,
+                    rel.span(),
+                    format!("cannot read `workload.requests`: {e}"),
+                    "unreadable",
+                )
                 .with_help("the workload is a UTF-8 JSON Lines file");
             cx.report(p);
             return false;
         }
     };
-    let source = Arc::new(NamedSource::new(cx.shown(rel.get_ref()), text.clone()).with_language("json"));
+    let source =
+        Arc::new(NamedSource::new(cx.shown(rel.get_ref()), text.clone()).with_language("json"));
     let mut offset = 0;
     let mut count = 0;
     for line in text.split_inclusive('\n') {
@@ -59,7 +65,12 @@ fn requests_file(path: &Path, rel: &Spanned<String>, cx: &mut Ctx) -> bool {
     }
     if count == 0 {
         let p = cx
-            .problem(ProblemKind::BadWorkload, rel.span(), "`workload.requests` has no requests", "empty file")
+            .problem(
+                ProblemKind::BadWorkload,
+                rel.span(),
+                "`workload.requests` has no requests",
+                "empty file",
+            )
             .with_help("write one OpenAI request body per line");
         cx.report(p);
     }
@@ -71,8 +82,12 @@ fn request_problem(line: &str) -> Option<String> {
     match serde_json::from_str::<serde_json::Value>(line) {
         Err(e) => Some(format!("invalid JSON ({e})")),
         Ok(serde_json::Value::Object(body)) => {
-            let messages = body.get("messages").is_some_and(serde_json::Value::is_array);
-            let prompt = body.get("prompt").is_some_and(|p| p.is_string() || p.is_array());
+            let messages = body
+                .get("messages")
+                .is_some_and(serde_json::Value::is_array);
+            let prompt = body
+                .get("prompt")
+                .is_some_and(|p| p.is_string() || p.is_array());
             (!messages && !prompt).then(|| "no \"messages\" array or \"prompt\"".to_string())
         }
         Ok(_) => Some("not a JSON object".into()),
@@ -86,7 +101,12 @@ fn arrival(raw: &Spanned<RawArrival>, cx: &mut Ctx) -> Option<Arrival> {
         (Some(c), None) => {
             if let Some(seed) = &a.seed {
                 let p = cx
-                    .problem(ProblemKind::Conflict, seed.span(), "`seed` applies to `rate` arrivals only", "not used")
+                    .problem(
+                        ProblemKind::Conflict,
+                        seed.span(),
+                        "`seed` applies to `rate` arrivals only",
+                        "not used",
+                    )
                     .with_label(c.span(), "a closed loop has no random arrivals")
                     .with_help(ARRIVAL_FORMS);
                 cx.report(p);
@@ -100,7 +120,12 @@ fn arrival(raw: &Spanned<RawArrival>, cx: &mut Ctx) -> Option<Arrival> {
             let r = *rate.get_ref();
             if !(r.is_finite() && r > 0.0) {
                 let p = cx
-                    .problem(ProblemKind::BadValue, rate.span(), "`workload.arrival.rate` must be a positive, finite number", "requests per second")
+                    .problem(
+                        ProblemKind::BadValue,
+                        rate.span(),
+                        "`workload.arrival.rate` must be a positive, finite number",
+                        "requests per second",
+                    )
                     .with_help("for as fast as possible, use { concurrency = N } instead");
                 cx.report(p);
                 return None;
@@ -112,7 +137,12 @@ fn arrival(raw: &Spanned<RawArrival>, cx: &mut Ctx) -> Option<Arrival> {
         }
         (Some(c), Some(rate)) => {
             let p = cx
-                .problem(ProblemKind::Conflict, c.span(), "`workload.arrival` sets both `concurrency` and `rate`", "a closed loop")
+                .problem(
+                    ProblemKind::Conflict,
+                    c.span(),
+                    "`workload.arrival` sets both `concurrency` and `rate`",
+                    "a closed loop",
+                )
                 .with_label(rate.span(), "and an open one")
                 .with_help(ARRIVAL_FORMS);
             cx.report(p);
@@ -120,7 +150,12 @@ fn arrival(raw: &Spanned<RawArrival>, cx: &mut Ctx) -> Option<Arrival> {
         }
         (None, None) => {
             let p = cx
-                .problem(ProblemKind::MissingKey, raw.span(), "`workload.arrival` sets neither `concurrency` nor `rate`", "how do requests arrive?")
+                .problem(
+                    ProblemKind::MissingKey,
+                    raw.span(),
+                    "`workload.arrival` sets neither `concurrency` nor `rate`",
+                    "how do requests arrive?",
+                )
                 .with_help(ARRIVAL_FORMS);
             cx.report(p);
             None
@@ -140,7 +175,15 @@ fn expr_problem(kind: ProblemKind, key: &str, raw: &Spanned<String>, e: ExprErro
 /// `[benchmark]`.
 pub(crate) fn benchmark(raw: &RawBenchmark, cx: &mut Ctx) -> Option<Benchmark> {
     let objective = parse_objective(raw.objective.get_ref())
-        .map_err(|e| expr_problem(ProblemKind::BadObjective, "benchmark.objective", &raw.objective, e, cx))
+        .map_err(|e| {
+            expr_problem(
+                ProblemKind::BadObjective,
+                "benchmark.objective",
+                &raw.objective,
+                e,
+                cx,
+            )
+        })
         .ok();
     let mut constraints = Vec::new();
     let mut all = true;
@@ -148,12 +191,22 @@ pub(crate) fn benchmark(raw: &RawBenchmark, cx: &mut Ctx) -> Option<Benchmark> {
         match parse_constraint(c.get_ref()) {
             Ok(parsed) => constraints.push(parsed),
             Err(e) => {
-                expr_problem(ProblemKind::BadConstraint, &format!("benchmark.constraints[{i}]"), c, e, cx);
+                expr_problem(
+                    ProblemKind::BadConstraint,
+                    &format!("benchmark.constraints[{i}]"),
+                    c,
+                    e,
+                    cx,
+                );
                 all = false;
             }
         }
     }
-    let repetitions = cx.at_least_one(&raw.repetitions, "benchmark.repetitions", defaults::REPETITIONS);
+    let repetitions = cx.at_least_one(
+        &raw.repetitions,
+        "benchmark.repetitions",
+        defaults::REPETITIONS,
+    );
     let objective = objective.filter(|_| all)?;
     Some(Benchmark {
         objective,
@@ -167,9 +220,17 @@ pub(crate) fn benchmark(raw: &RawBenchmark, cx: &mut Ctx) -> Option<Benchmark> {
 pub(crate) fn accuracy(raw: &RawAccuracy, cx: &mut Ctx) -> Option<Accuracy> {
     let command = raw.command.get_ref();
     let mut ok = true;
-    if command.first().is_none_or(|program| program.get_ref().trim().is_empty()) {
+    if command
+        .first()
+        .is_none_or(|program| program.get_ref().trim().is_empty())
+    {
         let p = cx
-            .problem(ProblemKind::BadValue, raw.command.span(), "`accuracy.command` names no program", "expected [\"program\", \"arg\", …]")
+            .problem(
+                ProblemKind::BadValue,
+                raw.command.span(),
+                "`accuracy.command` names no program",
+                "expected [\"program\", \"arg\", …]",
+            )
             .with_help("e.g. command = [\"python3\", \"accuracy/check.py\", \"--url\", \"{url}\"]");
         cx.report(p);
         ok = false;
@@ -178,8 +239,18 @@ pub(crate) fn accuracy(raw: &RawAccuracy, cx: &mut Ctx) -> Option<Accuracy> {
         if let Some((start, end)) = unknown_placeholder(arg.get_ref()) {
             let span = cx.inner_span(arg, start..end);
             let p = cx
-                .problem(ProblemKind::BadValue, span, format!("unknown placeholder `{}` in `accuracy.command`", &arg.get_ref()[start..end]), "unknown placeholder")
-                .with_help(format!("the only placeholder is {URL_PLACEHOLDER}, the candidate server's base URL"));
+                .problem(
+                    ProblemKind::BadValue,
+                    span,
+                    format!(
+                        "unknown placeholder `{}` in `accuracy.command`",
+                        &arg.get_ref()[start..end]
+                    ),
+                    "unknown placeholder",
+                )
+                .with_help(format!(
+                    "the only placeholder is {URL_PLACEHOLDER}, the candidate server's base URL"
+                ));
             cx.report(p);
             ok = false;
         }
