@@ -25,6 +25,8 @@ enum Command {
     Check(crate::manifest::CheckArgs),
     /// Benchmark a server (ours, a peer, or any URL) with a streaming OpenAI workload.
     Bench(crate::bench::BenchArgs),
+    /// List the skills, whether each applies to the target (and why not), and their moves.
+    Skills(crate::skills::command::SkillsArgs),
 }
 
 /// Parse the command line and run the command.
@@ -35,6 +37,7 @@ pub fn main() -> miette::Result<()> {
         Command::Init(args) => exit_on_error(crate::manifest::init(&args), |e| e.exit_code()),
         Command::Check(args) => exit_on_error(crate::manifest::check(&args), |e| e.exit_code()),
         Command::Bench(args) => crate::bench::command::main(args),
+        Command::Skills(args) => exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE),
     }
 }
 

@@ -6,9 +6,17 @@
 /// The serving benchmark: load generator, metrics, reports, peers side by side.
 pub mod bench;
 pub mod cli;
+/// Serve.lock: the accepted rounds, digests and replay of the final plan.
+pub mod lock;
 /// Serve.toml: schema, loading, validation, and the `init` and `check` commands.
 pub mod manifest;
 /// Model sources, the cache, digests and GGUF metadata.
 pub mod model;
+/// The outer loop: tasks, history, hints and the `backlog` and `evolutionary` policies.
+pub mod search;
+/// The skills library: SKILL.md front matter, applicability and moves.
+pub mod skills;
+/// The search's state: one git commit per attempt, and the `best` ref.
+pub mod state;
 /// The cargo workspace: its root, `targets/` and target directory.
 pub mod workspace;
