@@ -2,6 +2,10 @@
 
 pub mod batch;
 pub mod cli;
+/// The engine loop: one thread owns the model and runs batched steps.
+pub mod engine;
+/// The OpenAI-compatible HTTP server.
+pub mod http;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;
@@ -10,6 +14,8 @@ pub mod chat_template;
 pub mod plan;
 /// Choosing each next token (penalties, filters, seeded draws) and stopping.
 pub mod sampler;
+/// Continuous batching policy: admission, KV budget, prefill chunks.
+pub mod scheduler;
 /// Text ⇄ token ids, built from the GGUF's tokenizer metadata.
 pub mod tokenizer;
 pub mod weights;

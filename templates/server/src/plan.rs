@@ -26,7 +26,7 @@ pub const N_KV_HEADS: usize = 3;
 /// Size of one attention head.
 pub const HEAD_DIM: usize = 64;
 /// Vocabulary size.
-pub const VOCAB_SIZE: usize = 49152;
+pub const VOCAB_SIZE: usize = 49_152;
 /// Longest sequence (prompt + completion) the model was trained for.
 pub const CONTEXT_LENGTH: usize = 8192;
 /// RoPE frequency base.
@@ -49,8 +49,9 @@ pub const ACT_TILE: usize = 4;
 /// atomic claim is noise next to the work.
 pub const MATMUL_ROW_CHUNK: usize = 32;
 /// Spin-loop rounds a pool worker waits for the next job before parking
-/// (tens of microseconds: covers the gaps inside a step, not between requests).
-pub const POOL_SPIN: usize = 200_000;
+/// (about a millisecond: covers the gaps inside a step, not between requests);
+/// the caller waiting on workers spins as long before it yields its core.
+pub const POOL_SPIN: usize = 20_000;
 /// Element type of the KV cache (`half::f16` halves the bytes attention reads;
 /// `f32` skips the conversions).
 pub type KvElem = half::f16;
@@ -67,4 +68,22 @@ pub const MAX_QUEUE: usize = 256;
 /// Tokens per KV-cache block.
 pub const KV_BLOCK_SIZE: usize = 16;
 /// KV-cache blocks in the pool (the memory budget).
-pub const KV_BLOCKS: usize = 4096;
+pub const KV_BLOCKS: usize = 2912;
+
+// --- HTTP ---
+/// Async worker threads serving HTTP (the model's compute runs on its own pool).
+pub const HTTP_THREADS: usize = 2;
+/// Largest request body accepted (413 above it); a full-context prompt as JSON token
+/// ids is about 60 KB, so this leaves room for long chat histories.
+pub const MAX_BODY_BYTES: usize = 4_194_304;
+/// `Retry-After` seconds sent with 429 (queue full) and 503 (shutting down).
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// Seconds between SSE keep-alive comments while a stream waits; writing them is
+/// also how a vanished client is noticed, and its sequence freed, while it queues.
+pub const SSE_KEEP_ALIVE_SECS: u64 = 5;
+/// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C before the engine
+/// ends them (streams then end with an error event and `data: [DONE]`).
+pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+/// How long the idle engine thread sleeps waiting for a request before checking for
+/// shutdown, in milliseconds.
+pub const ENGINE_IDLE_TICK_MS: u64 = 100;
