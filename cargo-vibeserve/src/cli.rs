@@ -23,6 +23,10 @@ enum Command {
     Init(crate::manifest::InitArgs),
     /// Validate a Serve.toml and print a summary of the target.
     Check(crate::manifest::CheckArgs),
+    /// Fetch the target's model, verify its sha256 and print its metadata.
+    Fetch(crate::manifest::TargetArg),
+    /// Write the target's round-0 server crate (or check it with --check).
+    Generate(crate::generate::command::GenerateArgs),
     /// Benchmark a server (ours, a peer, or any URL) with a streaming OpenAI workload.
     Bench(crate::bench::BenchArgs),
     /// List the skills, whether each applies to the target (and why not), and their moves.
@@ -36,6 +40,8 @@ pub fn main() -> miette::Result<()> {
     match args.command {
         Command::Init(args) => exit_on_error(crate::manifest::init(&args), |e| e.exit_code()),
         Command::Check(args) => exit_on_error(crate::manifest::check(&args), |e| e.exit_code()),
+        Command::Fetch(target) => exit_on_error(crate::prepare::fetch(&target), |_| exit_code::FAILURE),
+        Command::Generate(args) => exit_on_error(crate::generate::command::run(&args), |_| exit_code::FAILURE),
         Command::Bench(args) => crate::bench::command::main(args),
         Command::Skills(args) => exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE),
     }

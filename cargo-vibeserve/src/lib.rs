@@ -5,13 +5,20 @@
 
 /// The serving benchmark: load generator, metrics, reports, peers side by side.
 pub mod bench;
+/// The command line: clap types and the dispatch match.
 pub mod cli;
+/// Generation: a Plan in, a standalone server crate out.
+pub mod generate;
 /// Serve.lock: the accepted rounds, digests and replay of the final plan.
 pub mod lock;
 /// Serve.toml: schema, loading, validation, and the `init` and `check` commands.
 pub mod manifest;
 /// Model sources, the cache, digests and GGUF metadata.
 pub mod model;
+/// The Plan: one design point of a generated server.
+pub mod plan;
+/// Manifest, workspace and model together: what every command that needs a model runs first.
+pub mod prepare;
 /// The outer loop: tasks, history, hints and the `backlog` and `evolutionary` policies.
 pub mod search;
 /// The skills library: SKILL.md front matter, applicability and moves.
