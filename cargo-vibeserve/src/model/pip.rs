@@ -81,8 +81,8 @@ impl PipCommand {
         args.push(dest.as_os_str().to_owned());
         args.extend(self.extra_args.iter().map(OsString::from));
         args.push(spec.into());
-        let command = std::iter::once(program.as_str())
-            .chain(args.iter().filter_map(|a| a.to_str()))
+        let command = std::iter::once(program.clone())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect::<Vec<_>>()
             .join(" ");
 
