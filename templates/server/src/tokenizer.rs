@@ -132,16 +132,7 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Memory-maps a GGUF file and builds its tokenizer.
     pub fn from_gguf_file(path: &Path) -> Result<Self, TokenizerError> {
-        let io = |source| TokenizerError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and dropped before this function returns; a file
-        // truncated underneath us would fault, which is the usual mmap caveat for models.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let gguf = GGuf::new(&map).map_err(|e| TokenizerError::Gguf(e.to_string()))?;
-        Self::from_gguf(&gguf)
+        with_gguf_file(path, |gguf| Self::from_gguf(gguf))?
     }
 
     /// Builds the tokenizer from GGUF metadata (`tokenizer.ggml.*`).
@@ -201,7 +192,8 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`, with BOS/EOS added as the GGUF's `add_bos_token` /
-    /// `add_eos_token` say. With `parse_special`, special tokens written in the text
+    /// `add_eos_token` say (`add_space_prefix` only concerns SentencePiece vocabularies;
+    /// llama.cpp ignores it for byte-level BPE, and so do we). With `parse_special`, special tokens written in the text
     /// (`<|im_start|>`) become their single ids; without, they are tokenized as text
     /// (llama.cpp's `parse_special`).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
@@ -269,6 +261,21 @@ impl Tokenizer {
         }
         self.token_bytes.get(id as usize).map_or(&[], |b| b)
     }
+}
+
+/// Memory-maps the GGUF file at `path`, parses its header and runs `f` on it (to read
+/// the tokenizer and the chat template from one mapping).
+pub fn with_gguf_file<T>(path: &Path, f: impl FnOnce(&GGuf<'_>) -> T) -> Result<T, TokenizerError> {
+    let io = |source| TokenizerError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and dropped before this function returns; a file
+    // truncated underneath us would fault, which is the usual mmap caveat for models.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let gguf = GGuf::new(&map).map_err(|e| TokenizerError::Gguf(e.to_string()))?;
+    Ok(f(&gguf))
 }
 
 /// Assembles the `tokenizers` pipeline: BPE model, pre-tokenizer, byte-level decoder and

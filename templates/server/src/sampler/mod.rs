@@ -9,6 +9,7 @@
 //! greedy argmax, or temperature → min-p → top-k → top-p → seeded draw
 //! (see [`select`] for the order and its cost).
 
+mod args;
 mod logprobs;
 mod math;
 mod params;
@@ -21,6 +22,7 @@ mod tests;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use args::SamplingArgs;
 pub use logprobs::TokenLogprob;
 pub use params::{MAX_TOP_LOGPROBS, SamplingParams, ValidSamplingParams};
 pub use stop::{Detokenizer, StopReason, StopStrings};
