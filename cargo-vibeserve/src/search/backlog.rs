@@ -67,3 +67,51 @@ impl Policy for Backlog {
             .find_map(|item| item.task(base, history))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skills::{Choice, Stage};
+
+    fn item(skill: &str, priority: u32, addresses: Vec<Stage>) -> Candidate {
+        Candidate {
+            skill: skill.into(),
+            choice: Choice::EnablePart {
+                part: "core".into(),
+            },
+            priority,
+            addresses,
+        }
+    }
+
+    #[test]
+    fn hints_add_stage_and_suggestion_bonuses() {
+        let decode = item("a", 40, vec![Stage::Decode]);
+        assert_eq!(Backlog::score(&decode, &Hints::default()), 40);
+        let dominant = Hints {
+            dominant: Some(Stage::Decode),
+            suggest: vec![],
+        };
+        assert_eq!(Backlog::score(&decode, &dominant), 40 + STAGE_BONUS);
+        let named = Hints {
+            dominant: Some(Stage::Prefill),
+            suggest: vec!["a".into()],
+        };
+        assert_eq!(Backlog::score(&decode, &named), 40 + SUGGEST_BONUS);
+    }
+
+    #[test]
+    fn equal_scores_keep_library_order() {
+        let backlog = Backlog::new(vec![
+            item("b", 50, vec![]),
+            item("a", 50, vec![]),
+            item("c", 60, vec![]),
+        ]);
+        let order: Vec<&str> = backlog
+            .ordered(&Hints::default())
+            .iter()
+            .map(|c| c.skill.as_str())
+            .collect();
+        assert_eq!(order, ["c", "b", "a"]);
+    }
+}

@@ -68,11 +68,12 @@ fn describe(facts: &Facts) -> String {
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".to_string());
     let num = |v: Option<u32>| v.map_or_else(|| "unknown".to_string(), |n| n.to_string());
     format!(
-        "device {}, arch {}, isa {}, quant {}, concurrency {}, threads {}",
+        "device {}, arch {}, isa {}, quant {}, arrival {}, concurrency {}, threads {}",
         facts.device,
         show(&facts.arch),
         show(&facts.isa),
         show(&facts.quant),
+        facts.arrival,
         num(facts.concurrency),
         num(facts.threads)
     )
