@@ -17,6 +17,7 @@ use crate::generate::{GenerateError, Template, write_atomic};
 use crate::plan::Plan;
 use crate::search::Verdict;
 use crate::skills::{Change, ChangeError, change};
+use crate::state::AttemptRecord;
 
 /// Version of the Serve.lock schema this tool writes and reads.
 pub const LOCK_VERSION: u32 = 1;
@@ -72,6 +73,25 @@ pub struct LockedRound {
     /// The metrics measured for it, by name.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+}
+
+impl LockedRound {
+    /// The locked round of an accepted attempt made by the built-in Implementer; `None`
+    /// for any other verdict and for round 0.
+    pub fn from_record(record: &AttemptRecord) -> Option<LockedRound> {
+        if record.verdict != Verdict::Accepted {
+            return None;
+        }
+        Some(LockedRound {
+            round: record.round,
+            skill: record.skill.clone()?,
+            label: record.label.clone().unwrap_or_default(),
+            verdict: record.verdict,
+            changes: record.changes.clone(),
+            patch: None,
+            metrics: record.metrics.clone(),
+        })
+    }
 }
 
 /// A patch file recorded in the lock.

@@ -20,8 +20,13 @@ use gix::objs::tree::EntryKind;
 use gix::refs::transaction::{PreviousValue, RefEdit};
 
 use crate::generate::FileSet;
-use crate::search::Verdict;
+use crate::manifest::Direction;
+use crate::plan::{Plan, PlanError};
+use crate::search::{Attempt, History, Task, Verdict};
 use crate::skills::Change;
+
+/// The generated crate's record of its plan, read back to rebuild the history.
+pub const PLAN_FILE: &str = "Plan.toml";
 
 /// The ref holding the chain of every attempt.
 pub const ATTEMPTS_REF: &str = "refs/vibeserve/attempts";
@@ -68,6 +73,38 @@ pub struct AttemptRecord {
     pub objective: Option<f64>,
     /// Every measured metric, by name.
     pub metrics: BTreeMap<String, f64>,
+}
+
+impl AttemptRecord {
+    /// The record of an attempt at `plan`, made by `task` (`None` for round 0).
+    pub fn new(
+        round: u32,
+        task: Option<&Task>,
+        plan: &Plan,
+        verdict: Verdict,
+        objective: Option<f64>,
+        metrics: BTreeMap<String, f64>,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            round,
+            skill: task.map(|t| t.skill.clone()),
+            label: task.map(|t| t.label.clone()),
+            changes: task.map(|t| t.changes.clone()).unwrap_or_default(),
+            plan_digest: plan.digest().to_string(),
+            verdict,
+            objective,
+            metrics,
+        }
+    }
+
+    /// The task this attempt tried; `None` for round 0.
+    pub fn task(&self) -> Option<Task> {
+        Some(Task {
+            skill: self.skill.clone()?,
+            label: self.label.clone().unwrap_or_default(),
+            changes: self.changes.clone(),
+        })
+    }
 }
 
 /// An attempt read back from the repository.
@@ -186,6 +223,45 @@ impl State {
             Some(id) => Ok(Some(self.files(&id.to_string())?)),
             None => Ok(None),
         }
+    }
+
+    /// The plan of the crate recorded in commit `commit` (its `Plan.toml`).
+    pub fn plan(&self, commit: &str) -> Result<Plan, StateError> {
+        let files = self.files(commit)?;
+        let text = files
+            .get(PLAN_FILE)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| StateError::Trailers {
+                commit: commit.to_string(),
+                message: format!("its tree has no {PLAN_FILE}"),
+            })?;
+        Plan::from_toml(text).map_err(|source| StateError::Plan {
+            commit: commit.to_string(),
+            source,
+        })
+    }
+
+    /// The search history recorded so far, to resume a run: every attempt with its plan,
+    /// task, verdict and objective. `None` when nothing was recorded.
+    pub fn history(&self, direction: Direction) -> Result<Option<History>, StateError> {
+        let stored = self.attempts()?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        let mut attempts = Vec::with_capacity(stored.len());
+        for a in stored {
+            attempts.push(Attempt {
+                round: a.record.round,
+                task: a.record.task(),
+                plan: self.plan(&a.commit)?,
+                verdict: a.record.verdict,
+                objective: a.record.objective,
+            });
+        }
+        Ok(Some(History {
+            direction,
+            attempts,
+        }))
     }
 
     /// The crate recorded in commit `commit` (hex id).
@@ -403,6 +479,15 @@ pub enum StateError {
         action: &'static str,
         /// gix's error.
         source: gix::Error,
+    },
+    /// A recorded crate's Plan.toml does not parse.
+    #[error("the plan recorded in state commit {commit} does not parse")]
+    Plan {
+        /// The commit.
+        commit: String,
+        /// Why.
+        #[source]
+        source: PlanError,
     },
     /// The repository's folder could not be created.
     #[error("cannot create {}: {source}", path.display())]

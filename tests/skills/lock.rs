@@ -122,3 +122,27 @@ fn unknown_versions_and_keys_are_errors() {
     let extra = format!("{text}\nsurprise = true\n");
     assert!(matches!(Lock::from_toml(&extra), Err(LockError::Parse(_))));
 }
+
+#[test]
+fn only_accepted_attempts_become_locked_rounds() {
+    let p0 = round0();
+    let changes = vec![Change::new("serving.prefill_chunk", 128)];
+    let p1 = vibeserve::skills::change::apply_all(&p0, &changes).unwrap();
+    let mut record = vibeserve::state::AttemptRecord {
+        round: 2,
+        skill: Some("serving/prefill-chunk".into()),
+        label: Some("serving.prefill_chunk = 128".into()),
+        changes: changes.clone(),
+        plan_digest: p1.digest().to_string(),
+        verdict: Verdict::Accepted,
+        objective: Some(101.0),
+        metrics: metrics(101.0),
+    };
+    let locked = LockedRound::from_record(&record).unwrap();
+    assert_eq!(
+        (locked.round, locked.changes, locked.metrics),
+        (2, changes, metrics(101.0))
+    );
+    record.verdict = Verdict::RejectedJudge;
+    assert_eq!(LockedRound::from_record(&record), None);
+}

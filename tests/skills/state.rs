@@ -1,7 +1,8 @@
 //! The state repository: attempts as commits with trailers, the `best` ref, resuming.
 
+use vibeserve::manifest::Direction;
 use vibeserve::plan::Plan;
-use vibeserve::search::Verdict;
+use vibeserve::search::{Task, Verdict};
 use vibeserve::skills::Change;
 use vibeserve::state::{self, AttemptRecord, State};
 
@@ -188,4 +189,63 @@ fn a_killed_writer_loses_nothing_accepted() {
         .map(|a| a.record.round)
         .collect();
     assert_eq!(rounds, [0, 1, 2]);
+}
+
+/// Resuming rebuilds the search history from the repository: plans from each crate's
+/// Plan.toml, tasks and verdicts from the trailers.
+#[test]
+fn the_history_is_rebuilt_from_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.git");
+    assert!(
+        State::open(&path)
+            .unwrap()
+            .history(Direction::Max)
+            .unwrap()
+            .is_none()
+    );
+    let attempts = three_attempts();
+    write_all(&State::open(&path).unwrap(), &attempts);
+
+    let history = State::open(&path)
+        .unwrap()
+        .history(Direction::Max)
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.attempts.len(), 3);
+    for (attempt, (record, plan)) in history.attempts.iter().zip(&attempts) {
+        assert_eq!(&attempt.plan, plan);
+        assert_eq!(attempt.verdict, record.verdict);
+        assert_eq!(attempt.objective, record.objective);
+        assert_eq!(
+            attempt.task.as_ref().map(|t| t.changes.clone()),
+            record.task().map(|t| t.changes)
+        );
+    }
+    assert_eq!(history.best_plan(), Some(&attempts[1].1));
+    assert_eq!(history.next_round(), 3);
+    assert!(history.tried("serving/prefill-chunk", "serving.prefill_chunk = 128"));
+}
+
+#[test]
+fn a_record_is_made_from_a_task() {
+    let p0 = round0();
+    let task = Task {
+        skill: "serving/prefill-chunk".into(),
+        label: "serving.prefill_chunk = 128".into(),
+        changes: vec![Change::new("serving.prefill_chunk", 128)],
+    };
+    let p1 = vibeserve::search::apply(&p0, &task).unwrap();
+    let r = AttemptRecord::new(
+        1,
+        Some(&task),
+        &p1,
+        Verdict::Accepted,
+        Some(1.0),
+        metrics(1.0),
+    );
+    assert_eq!(r.task(), Some(task));
+    assert_eq!(r.plan_digest, p1.digest().to_string());
+    let r0 = AttemptRecord::new(0, None, &p0, Verdict::Baseline, None, metrics(1.0));
+    assert_eq!(r0.task(), None);
 }

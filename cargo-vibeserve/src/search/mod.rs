@@ -5,7 +5,9 @@
 //! always relative to the best plan so far. The built-in Implementer ([`apply`]) makes
 //! those changes. Policies are pure and deterministic for a seed.
 
+/// The `backlog` policy: skills by priority, re-ordered by hints.
 pub mod backlog;
+/// The `evolutionary` policy: mutate and recombine the best plans, seeded.
 pub mod evolutionary;
 
 use std::fmt;

@@ -6,9 +6,13 @@
 //! changes to [`Plan`] fields with the values worth trying. The built-in Implementer and
 //! the search policies only use the front matter.
 
+/// Changes to a plan by dotted field path, and the choices a move offers.
 pub mod change;
+/// `cargo vibeserve skills [TARGET]`.
 pub mod command;
+/// The target facts that `applies_to` conditions are checked against.
 pub mod facts;
+/// The SKILL.md front matter schema.
 pub mod front;
 
 use std::path::{Path, PathBuf};
