@@ -3,7 +3,7 @@
 //! The tokenizer is an HF `tokenizers` byte-level BPE assembled from the GGUF vocabulary
 //! and merges, with the pre-tokenizer llama.cpp uses for the model's `tokenizer.ggml.pre`,
 //! so the same text gives the same ids as llama.cpp (checked against recorded llama.cpp
-//! output in `tests/tokenizer_llamacpp.rs`). [`StreamDecoder`] turns generated ids into
+//! output in `tests/tokenizer_llamacpp.rs`). `StreamDecoder` turns generated ids into
 //! text one token at a time without ever splitting a UTF-8 character.
 
 use std::collections::HashMap;

@@ -1,13 +1,13 @@
 //! Choosing each next token, and knowing when to stop.
 //!
-//! A request's [`SamplingParams`] are validated into [`ValidSamplingParams`]; the
-//! scheduler then owns one [`SequenceSampler`] (seeded RNG, penalty counts, reused
-//! buffers) and one [`Detokenizer`] (output text, stop ids and strings) per sequence.
+//! A request's `SamplingParams` are validated into `ValidSamplingParams`; the
+//! scheduler then owns one `SequenceSampler` (seeded RNG, penalty counts, reused
+//! buffers) and one `Detokenizer` (output text, stop ids and strings) per sequence.
 //! Per token: `sampler.sample(&mut logits)` → `detokenizer.push(id, &mut text)`.
 //!
 //! The pipeline on a logits row: raw log-probabilities (if asked) → penalties →
 //! greedy argmax, or temperature → min-p → top-k → top-p → seeded draw
-//! (see [`select`] for the order and its cost).
+//! (see `select.rs` for the order and its cost).
 
 mod args;
 mod logprobs;
@@ -51,8 +51,9 @@ pub enum SamplingError {
 pub struct SampledToken {
     /// The token id.
     pub id: u32,
-    /// Its log-probability under the model's raw distribution (see [`logprobs`]), when
-    /// `logprobs` or `top_logprobs` was requested.
+    /// Its log-probability under the model's raw distribution (`log_softmax` of the
+    /// unmodified logits, as vLLM reports by default), when `logprobs` or
+    /// `top_logprobs` was requested.
     pub logprob: Option<f32>,
     /// The `top_logprobs` most likely tokens at this position, most likely first.
     pub top_logprobs: Vec<TokenLogprob>,

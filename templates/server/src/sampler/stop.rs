@@ -1,6 +1,6 @@
 //! When generation stops, and the text a client sees up to there.
 //!
-//! [`Detokenizer`] turns each generated id into text ([`StreamDecoder`], so characters
+//! `Detokenizer` turns each generated id into text (`StreamDecoder`, so characters
 //! split across tokens are held back) and watches for stop ids and stop strings. A stop
 //! string can arrive split over several tokens, so text that could still be the start of
 //! one is held back until it is either completed (the text before it is emitted, the

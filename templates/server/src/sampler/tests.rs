@@ -113,6 +113,50 @@ fn top_k_keeps_the_k_best_renormalised() {
     assert_close(&f, &[0.2 / 0.7, 0.5 / 0.7, 0.0, 0.0]);
 }
 
+fn kept(logits: &[f32], filters: Filters) -> Vec<u32> {
+    let mut c = select::Candidates::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert!(c.draw(logits, filters, &mut rng).is_some());
+    c.kept_ids()
+}
+
+fn top_k(k: usize, min_p: f32) -> Filters {
+    Filters {
+        temperature: 1.0,
+        top_k: k,
+        top_p: 1.0,
+        min_p,
+    }
+}
+
+#[test]
+fn top_k_by_scan_and_by_select_agree_with_sorting() {
+    // Distinct logits, with some repeated values to exercise ties.
+    let logits: Vec<f32> = (0..1000u32)
+        .map(|i| ((i * 7919) % 613) as f32 / 61.0)
+        .collect();
+    for k in [1, 5, 128, 129, 400, 999] {
+        let mut order: Vec<u32> = (0..1000).collect();
+        order.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        let mut want = order[..k].to_vec();
+        want.sort_unstable();
+        assert_eq!(kept(&logits, top_k(k, 0.0)), want, "k = {k}");
+    }
+}
+
+#[test]
+fn min_p_and_top_k_together_keep_the_intersection() {
+    let logits = ln(&[0.5, 0.3, 0.15, 0.05]);
+    assert_eq!(kept(&logits, top_k(3, 0.2)), [0, 1, 2]);
+    assert_eq!(kept(&logits, top_k(2, 0.2)), [0, 1]);
+    assert_eq!(kept(&logits, top_k(200, 0.2)), [0, 1, 2]);
+    assert_eq!(kept(&logits, top_k(3, 0.5)), [0, 1]);
+}
+
 #[test]
 fn top_p_keeps_the_smallest_prefix_reaching_p() {
     let logits = ln(&[0.15, 0.5, 0.05, 0.3]);
