@@ -28,6 +28,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time each matrix product of the model and the machine's read bandwidth.
     BenchKernels(BenchArgs),
+    /// Serve the OpenAI-compatible HTTP API with continuous batching.
+    Serve(crate::http::launch::ServeArgs),
 }
 
 /// Arguments of `server generate`.
@@ -73,6 +75,9 @@ pub enum CliError {
     /// A kernel refused its operands.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The HTTP server failed to start or stopped with an error.
+    #[error(transparent)]
+    Serve(#[from] crate::http::launch::ServeError),
     /// Writing to stdout failed.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
@@ -83,6 +88,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::BenchKernels(args) => bench(&args),
+        Command::Serve(args) => Ok(crate::http::launch::run(&args)?),
     }
 }
 
