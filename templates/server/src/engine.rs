@@ -262,6 +262,9 @@ struct Engine {
 impl Engine {
     /// Runs steps until every handle is gone and no work is left.
     fn run(mut self) {
+        // Marks the engine stopped however the thread ends (a panic included), so
+        // `/health` and new requests see it.
+        let _stopped = MarkStopped(self.shared.clone());
         while self.wait() {
             self.admit();
             self.drop_cancelled();
@@ -272,7 +275,6 @@ impl Engine {
             self.filter_finished();
             self.publish_metrics();
         }
-        self.shared.state.store(STOPPED, Ordering::Release);
     }
 
     /// Blocks while there is nothing to do. Returns false when the engine should exit.
@@ -440,6 +442,15 @@ impl Engine {
         let m = &self.shared.metrics;
         m.running.set(gauge(self.scheduler.running()));
         m.kv_blocks_used.set(gauge(self.pool.used_blocks()));
+    }
+}
+
+/// Sets the engine's state to `STOPPED` when dropped.
+struct MarkStopped(Arc<Shared>);
+
+impl Drop for MarkStopped {
+    fn drop(&mut self) {
+        self.0.state.store(STOPPED, Ordering::Release);
     }
 }
 
