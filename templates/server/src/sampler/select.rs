@@ -118,9 +118,13 @@ impl Candidates {
                 let at = pick_blocks(&self.weights, &self.block_sums, rng.random::<f64>() * total);
                 return at.map(|i| i as u32);
             }
+            // Tokens lighter than (1 - top_p) · total / V weigh less than 1 - top_p all
+            // together, so the nucleus is complete without them: leave them out.
+            let light = f64::from(1.0 - filters.top_p) * total / self.weights.len() as f64;
+            let heavy = self.weights.iter().enumerate();
+            let heavy = heavy.filter(|(_, w)| **w > 0.0 && f64::from(**w) >= light);
             self.buf.clear();
-            let nonzero = self.weights.iter().enumerate().filter(|(_, w)| **w > 0.0);
-            self.buf.extend(nonzero.map(|(i, &w)| (i as u32, w)));
+            self.buf.extend(heavy.map(|(i, &w)| (i as u32, w)));
             total
         } else {
             let floor = if filters.min_p > 0.0 {
