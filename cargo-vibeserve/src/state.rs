@@ -173,9 +173,9 @@ impl State {
             Some(p) => PreviousValue::MustExistAndMatch(p.into()),
             None => PreviousValue::MustNotExist,
         };
-        let mut edits = vec![update(ATTEMPTS_REF, id, expected, "attempt")?];
+        let mut edits = vec![update(ATTEMPTS_REF, id, expected, "attempt")];
         if record.verdict.is_kept() {
-            edits.push(update(BEST_REF, id, PreviousValue::Any, "best")?);
+            edits.push(update(BEST_REF, id, PreviousValue::Any, "best"));
         }
         let mut time = gix::date::parse::TimeBuf::default();
         self.repo
@@ -353,7 +353,7 @@ impl State {
             })?;
         let sig = signature(last_kept.record.round);
         let mut time = gix::date::parse::TimeBuf::default();
-        let edit = update(BEST_REF, id, PreviousValue::Any, "repair best")?;
+        let edit = update(BEST_REF, id, PreviousValue::Any, "repair best");
         self.repo
             .edit_references_as([edit], Some(sig.to_ref(&mut time)))
             .map_err(|e| self.err("update refs", e))?;
@@ -365,18 +365,12 @@ impl State {
     }
 }
 
-/// A ref update to `id`, expecting `expected`.
-fn update(
-    name: &str,
-    id: ObjectId,
-    expected: PreviousValue,
-    log: &str,
-) -> Result<RefEdit, StateError> {
-    let name = name.try_into().map_err(|_| StateError::Trailers {
-        commit: String::new(),
-        message: format!("`{name}` is not a valid ref name"),
-    })?;
-    Ok(RefEdit::update(name, id, expected, log))
+/// A ref update of one of this module's refs to `id`, expecting `expected`.
+fn update(name: &'static str, id: ObjectId, expected: PreviousValue, log: &str) -> RefEdit {
+    let name = name
+        .try_into()
+        .expect("ATTEMPTS_REF and BEST_REF are valid full ref names");
+    RefEdit::update(name, id, expected, log)
 }
 
 /// The fixed author and committer of round `round`'s commit.
