@@ -31,6 +31,10 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// List the skills, whether each applies to the target (and why not), and their moves.
     Skills(crate::skills::command::SkillsArgs),
+    /// Search for a better server round by round (or rebuild the locked one with --locked).
+    Build(crate::build::BuildArgs),
+    /// Show the recorded rounds as a table and write an SVG chart of the objective.
+    Log(crate::log::LogArgs),
 }
 
 /// Parse the command line and run the command.
@@ -44,6 +48,8 @@ pub fn main() -> miette::Result<()> {
         Command::Generate(args) => exit_on_error(crate::generate::command::run(&args), |_| exit_code::FAILURE),
         Command::Bench(args) => crate::bench::command::main(args),
         Command::Skills(args) => exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE),
+        Command::Build(args) => exit_on_error(crate::build::run(&args), |_| exit_code::FAILURE),
+        Command::Log(args) => exit_on_error(crate::log::run(&args), |_| exit_code::FAILURE),
     }
 }
 

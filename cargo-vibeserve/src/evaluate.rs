@@ -1,0 +1,377 @@
+//! The Performance Evaluator: is a candidate faster than the incumbent beyond the noise?
+//!
+//! Both servers run the target's workload through the bench harness, one at a time (a
+//! server is started for each repetition and stopped after it, so an idle engine never
+//! competes for the cores), interleaved candidate/incumbent with the order alternating
+//! each repetition, `benchmark.repetitions` times (at least [`MIN_REPETITIONS`]).
+//!
+//! The acceptance rule is deliberately conservative: the candidate's **worst** repetition
+//! must beat the incumbent's **best** on the objective. With 3 repetitions each, a change
+//! that is pure noise passes this only when six draws happen to sort perfectly (1 in 20
+//! for i.i.d. noise), and a real gain smaller than the run-to-run spread is not claimed.
+//! Every constraint must hold on the candidate's medians.
+//!
+//! Drill-down: the client-side stage timings (time to first token = prefill and
+//! queueing, time per output token = decode) say which stage dominates; that goes to the
+//! planner as [`Hints`]. Hardware counters (`perf stat`) are not read: the machines this
+//! was built on report them as unsupported.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::bench::peer::{PeerError, ServerProcess, free_port};
+use crate::bench::target::slo_of;
+use crate::bench::{Arrival, BenchConfig, Metrics, Stop, Workload};
+use crate::manifest::{self, Direction, Manifest};
+use crate::search::Hints;
+use crate::skills::Stage;
+
+/// Repetitions per server, whatever the manifest says: fewer cannot show the noise.
+pub const MIN_REPETITIONS: usize = 3;
+/// Measured requests per repetition: about 10–20 s per repetition on 2 cores for the
+/// default target at concurrency 16.
+pub const REQUESTS_PER_REP: usize = 32;
+/// Warm-up requests per repetition (page in the weights, fill the allocator).
+pub const WARMUP_REQUESTS: usize = 4;
+/// Limit on one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Limit on the silence inside one streamed response.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to become healthy.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Queueing dominates when the median TTFT is this many times the TTFT of a lone
+/// request's prefill would be (approximated by the fastest TTFT seen).
+pub const QUEUEING_FACTOR: f64 = 4.0;
+
+/// One server's repetitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// Each repetition's metrics, in order.
+    pub reps: Vec<Metrics>,
+}
+
+impl Measurement {
+    /// The objective's value in each repetition.
+    pub fn objective(&self, metric: &str) -> Vec<f64> {
+        self.reps.iter().filter_map(|m| m.get(metric)).collect()
+    }
+
+    /// The median over repetitions of every metric the harness names.
+    pub fn medians(&self) -> BTreeMap<String, f64> {
+        crate::bench::metrics::metric_names()
+            .into_iter()
+            .filter_map(|name| {
+                let values: Vec<f64> = self.reps.iter().filter_map(|m| m.get(&name)).collect();
+                median(&values).map(|v| (name, v))
+            })
+            .collect()
+    }
+}
+
+/// The Evaluator's verdict on a candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The candidate's repetitions.
+    pub candidate: Measurement,
+    /// The incumbent's repetitions.
+    pub incumbent: Measurement,
+    /// Candidate median / incumbent median of the objective.
+    pub ratio: f64,
+    /// Whether the gain beats the noise (worst candidate rep beats best incumbent rep).
+    pub beats_noise: bool,
+    /// Constraints the candidate's medians break, as text.
+    pub violated: Vec<String>,
+    /// What the planner should look at next.
+    pub hints: Hints,
+}
+
+impl Evaluation {
+    /// One line: medians, spreads, ratio and the rule's outcome.
+    pub fn summary(&self, metric: &str) -> String {
+        let show = |m: &Measurement| {
+            let v = m.objective(metric);
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.1} [{lo:.1}..{hi:.1}]", median(&v).unwrap_or(f64::NAN))
+        };
+        format!(
+            "{metric}: candidate {} vs best {} (x{:.3}, {})",
+            show(&self.candidate),
+            show(&self.incumbent),
+            self.ratio,
+            if self.beats_noise {
+                "beats the noise"
+            } else {
+                "within the noise"
+            }
+        )
+    }
+}
+
+/// A target's Evaluator.
+pub struct Evaluator {
+    manifest: Manifest,
+    model: std::path::PathBuf,
+    workload: Workload,
+    reps: usize,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Evaluator {
+    /// An Evaluator for `manifest`'s workload and objective on `model`.
+    pub fn new(manifest: &Manifest, model: &Path) -> Result<Evaluator, EvaluateError> {
+        let workload = Workload::from_jsonl(&manifest.workload.requests)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(EvaluateError::Runtime)?;
+        Ok(Evaluator {
+            manifest: manifest.clone(),
+            model: model.to_path_buf(),
+            workload,
+            reps: (manifest.benchmark.repetitions as usize).max(MIN_REPETITIONS),
+            runtime,
+        })
+    }
+
+    /// The objective's metric name.
+    pub fn metric(&self) -> &str {
+        self.manifest.benchmark.objective.metric.name()
+    }
+
+    /// Measures one server alone (round 0's baseline).
+    pub fn measure(&self, server: &Path) -> Result<Measurement, EvaluateError> {
+        let reps = (0..self.reps)
+            .map(|_| self.one_rep(server))
+            .collect::<Result<_, _>>()?;
+        Ok(Measurement { reps })
+    }
+
+    /// Measures `candidate` against `incumbent`, interleaved, and applies the rule.
+    pub fn compare(&self, candidate: &Path, incumbent: &Path) -> Result<Evaluation, EvaluateError> {
+        let (mut cand, mut inc) = (Vec::new(), Vec::new());
+        for rep in 0..self.reps {
+            if rep % 2 == 0 {
+                cand.push(self.one_rep(candidate)?);
+                inc.push(self.one_rep(incumbent)?);
+            } else {
+                inc.push(self.one_rep(incumbent)?);
+                cand.push(self.one_rep(candidate)?);
+            }
+        }
+        let (candidate, incumbent) = (Measurement { reps: cand }, Measurement { reps: inc });
+        Ok(self.judge(candidate, incumbent))
+    }
+
+    fn judge(&self, candidate: Measurement, incumbent: Measurement) -> Evaluation {
+        let metric = self.metric();
+        let (c, i) = (candidate.objective(metric), incumbent.objective(metric));
+        let ratio = match (median(&c), median(&i)) {
+            (Some(c), Some(i)) if i != 0.0 => c / i,
+            _ => f64::NAN,
+        };
+        let beats_noise = !c.is_empty()
+            && !i.is_empty()
+            && match self.manifest.benchmark.objective.direction {
+                Direction::Max => {
+                    c.iter().copied().fold(f64::INFINITY, f64::min)
+                        > i.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                }
+                Direction::Min => {
+                    c.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                        < i.iter().copied().fold(f64::INFINITY, f64::min)
+                }
+            };
+        let violated = violated(&self.manifest.benchmark.constraints, &candidate.medians());
+        let hints = hints(&candidate.medians());
+        Evaluation {
+            candidate,
+            incumbent,
+            ratio,
+            beats_noise,
+            violated,
+            hints,
+        }
+    }
+
+    fn one_rep(&self, server: &Path) -> Result<Metrics, EvaluateError> {
+        let port = free_port().map_err(EvaluateError::Port)?;
+        let args: Vec<OsString> = vec![
+            "serve".into(),
+            "--model".into(),
+            self.model.as_os_str().to_owned(),
+            "--port".into(),
+            port.to_string().into(),
+            "--served-model-name".into(),
+            self.manifest.target.name.clone().into(),
+        ];
+        let process =
+            self.runtime
+                .block_on(ServerProcess::start(server, &args, port, HEALTH_TIMEOUT))?;
+        let config = self.config(&process.url);
+        let result = self.runtime.block_on(async {
+            crate::bench::run(&config, &tokio_util::sync::CancellationToken::new()).await
+        });
+        drop(process);
+        Ok(result.metrics)
+    }
+
+    fn config(&self, url: &str) -> BenchConfig {
+        let (max_concurrency, request_rate, seed) = match self.manifest.workload.arrival {
+            manifest::Arrival::Concurrency(n) => (n as usize, None, 0),
+            manifest::Arrival::Poisson { rate, seed } => (
+                crate::bench::target::POISSON_MAX_CONCURRENCY,
+                Some(rate),
+                seed,
+            ),
+        };
+        BenchConfig {
+            base_url: url.to_string(),
+            model: Some(self.manifest.target.name.clone()),
+            workload: self.workload.clone(),
+            arrival: Arrival {
+                max_concurrency,
+                request_rate,
+                seed,
+            },
+            warmup: WARMUP_REQUESTS,
+            stop: Stop::Requests(REQUESTS_PER_REP),
+            request_timeout: REQUEST_TIMEOUT,
+            stall_timeout: STALL_TIMEOUT,
+            slos: self
+                .manifest
+                .benchmark
+                .constraints
+                .iter()
+                .filter_map(slo_of)
+                .collect(),
+            server_command: None,
+            progress: true,
+        }
+    }
+}
+
+/// The constraints `medians` break, as `constraint (measured x)`.
+pub fn violated(
+    constraints: &[manifest::Constraint],
+    medians: &BTreeMap<String, f64>,
+) -> Vec<String> {
+    constraints
+        .iter()
+        .filter_map(|c| {
+            match medians
+                .get(c.metric.name())
+                .or_else(|| lookup(medians, c.metric.name()))
+            {
+                Some(v) if c.holds(*v) => None,
+                Some(v) => Some(format!("{c} (measured {v:.2})")),
+                None => Some(format!("{c} (not measured)")),
+            }
+        })
+        .collect()
+}
+
+/// A Serve.toml metric name's value among vLLM-named medians.
+fn lookup<'a>(medians: &'a BTreeMap<String, f64>, name: &str) -> Option<&'a f64> {
+    let alias = match name {
+        "output_tokens_per_s" => "output_throughput",
+        "total_tokens_per_s" => "total_token_throughput",
+        "requests_per_s" => "request_throughput",
+        "goodput_requests_per_s" => "request_goodput",
+        _ => return None,
+    };
+    medians.get(alias)
+}
+
+/// Which stage dominates, from the stage timings: queueing when the median TTFT dwarfs
+/// the fastest one, else prefill or decode by their share of the request time.
+pub fn hints(medians: &BTreeMap<String, f64>) -> Hints {
+    let get = |k: &str| medians.get(k).copied().unwrap_or(0.0);
+    let (ttft, tpot, out) = (
+        get("mean_ttft_ms"),
+        get("mean_tpot_ms"),
+        get("total_output_tokens"),
+    );
+    let completed = get("completed").max(1.0);
+    let decode_ms = tpot * (out / completed - 1.0).max(0.0);
+    let dominant = if get("median_ttft_ms") > QUEUEING_FACTOR * decode_ms.max(tpot) {
+        Stage::Queueing
+    } else if ttft > decode_ms {
+        Stage::Prefill
+    } else {
+        Stage::Decode
+    };
+    Hints {
+        dominant: Some(dominant),
+        suggest: Vec::new(),
+    }
+}
+
+/// The median of `values`; `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Why the Evaluator could not measure.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum EvaluateError {
+    /// The workload could not be loaded.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Workload(#[from] crate::bench::workload::WorkloadError),
+    /// A server did not start.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Server(#[from] PeerError),
+    /// No free port.
+    #[error("cannot find a free port")]
+    Port(#[source] std::io::Error),
+    /// The async runtime could not be created.
+    #[error("cannot start the Evaluator's async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn long_decodes_make_decode_dominant_and_long_waits_queueing() {
+        let m = |pairs: &[(&str, f64)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let decode = m(&[
+            ("mean_ttft_ms", 100.0),
+            ("median_ttft_ms", 90.0),
+            ("mean_tpot_ms", 20.0),
+            ("total_output_tokens", 3200.0),
+            ("completed", 32.0),
+        ]);
+        assert_eq!(hints(&decode).dominant, Some(Stage::Decode));
+        let queue = m(&[
+            ("mean_ttft_ms", 9000.0),
+            ("median_ttft_ms", 9000.0),
+            ("mean_tpot_ms", 20.0),
+            ("total_output_tokens", 3200.0),
+            ("completed", 32.0),
+        ]);
+        assert_eq!(hints(&queue).dominant, Some(Stage::Queueing));
+    }
+}
