@@ -130,7 +130,7 @@ impl ApiError {
             Self::ContextLength { .. } => (
                 StatusCode::BAD_REQUEST,
                 INVALID,
-                Some("messages"),
+                None,
                 Some("context_length_exceeded"),
             ),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, INVALID, None, None),
