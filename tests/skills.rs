@@ -416,3 +416,28 @@ fn skills_command_lists_every_skill_without_a_target() {
     assert!(text.contains("move: serving.prefill_chunk = 128"));
     assert!(!text.contains("applies"), "no target, so no applicability");
 }
+
+/// `cargo vibeserve skills --show SKILL` prints the skill's text for a reader.
+#[test]
+fn skills_command_shows_one_skill() {
+    let run = |name: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cargo-vibeserve"))
+            .args(["vibeserve", "skills", "--show", name])
+            .output()
+            .unwrap()
+    };
+    let out = run("serving/prefill-chunk");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("## Pitfalls") && !text.contains("+++"),
+        "{text}"
+    );
+    let out = run("serving/prefill-chunks");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did you mean `serving/prefill-chunk`?"),
+        "{err}"
+    );
+}

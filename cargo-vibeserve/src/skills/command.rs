@@ -17,6 +17,9 @@ pub struct SkillsArgs {
     /// skill is listed.
     #[command(flatten)]
     pub target: TargetArg,
+    /// Print one skill's SKILL.md text (e.g. `serving/prefill-chunk`) instead of the list.
+    #[arg(long, value_name = "SKILL")]
+    pub show: Option<String>,
 }
 
 /// What went wrong listing the skills.
@@ -34,6 +37,15 @@ pub enum SkillsCommandError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    /// `--show` names no skill.
+    #[error("there is no skill `{name}`")]
+    UnknownSkill {
+        /// The name given.
+        name: String,
+        /// The closest skill id, or how to list them.
+        #[help]
+        help: String,
+    },
     /// The template could not be read.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -43,6 +55,20 @@ pub enum SkillsCommandError {
 /// Runs `cargo vibeserve skills`.
 pub fn run(args: &SkillsArgs) -> Result<(), SkillsCommandError> {
     let library = Library::embedded()?;
+    if let Some(name) = &args.show {
+        let skill = library.get(name).ok_or_else(|| {
+            let ids = library.skills.iter().map(|s| s.id.as_str());
+            SkillsCommandError::UnknownSkill {
+                name: name.clone(),
+                help: match crate::manifest::error::closest(name, ids) {
+                    Some(id) => format!("did you mean `{id}`?"),
+                    None => "`cargo vibeserve skills` lists them".to_string(),
+                },
+            }
+        })?;
+        println!("# {} — {}\n\n{}", skill.id, skill.front.summary, skill.body);
+        return Ok(());
+    }
     let no_target = args.target.target.is_none() && !std::path::Path::new(MANIFEST_FILE).is_file();
     if no_target {
         print!("{}", listing(&library, None));
