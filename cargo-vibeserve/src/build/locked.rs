@@ -5,12 +5,14 @@ use std::path::Path;
 
 use super::{BuildError, best_bin, compile, step};
 use crate::generate::command::round0_plan;
-use crate::generate::{FileDiff, FileSet, generate};
+use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
 use crate::lock::{Lock, lock_path, replay, template_digest};
 use crate::manifest::Device;
+use crate::plan::Plan;
 use crate::prepare::Prepared;
 use crate::skills::change;
+use crate::state::State;
 
 /// Runs `--locked` (`relock` false) or `--relock`.
 pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildError> {
@@ -19,65 +21,89 @@ pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildEr
     let lock = Lock::read(&path)?;
     let round0 = round0_plan(prepared)?;
     let sha = manifest.model.sha256.clone().unwrap_or_default();
-    let files = if relock {
-        let mut plan = round0.clone();
-        let mut new = Lock::new(&sha, &round0, &generate(&round0)?.tree_digest())?;
-        for round in &lock.rounds {
-            plan = change::apply_all(&plan, &round.changes)?;
-            new.accept(round.clone(), &generate(&plan)?.tree_digest());
-        }
-        let files = generate(&plan)?;
-        finish(prepared, work, &files)?;
-        new.write(&path)?;
-        println!(
-            "{}: Serve.lock rewritten (tree {})",
-            manifest.target.name,
-            &new.tree[..16]
-        );
-        return Ok(());
-    } else {
-        if lock.model != sha {
-            return Err(BuildError::ModelDrift {
-                locked: lock.model.clone(),
-                found: sha,
-            });
-        }
-        let replayed = replay(&lock, &round0)?;
-        let files = step("regenerate", || generate(&replayed.plan))?;
-        check_tree(prepared, &lock, &files)?;
-        files
-    };
+    if relock {
+        return relock_run(prepared, work, &lock, &round0, &sha);
+    }
+    if lock.model != sha {
+        return Err(BuildError::ModelDrift {
+            locked: lock.model.clone(),
+            found: sha,
+        });
+    }
+    let replayed = replay(&lock, &round0)?;
+    let files = step("regenerate", || generate(&replayed.plan))?;
+    check_tree(prepared, work, &lock, &files)?;
     finish(prepared, work, &files)?;
     println!(
         "{}: locked server reproduced ({} accepted rounds, tree {})",
         manifest.target.name,
         lock.rounds.len(),
-        &lock.tree[..16.min(lock.tree.len())]
+        short(&lock.tree)
     );
     Ok(())
 }
 
-/// Fails with the first differing file when `files` is not the locked tree.
-fn check_tree(prepared: &Prepared, lock: &Lock, files: &FileSet) -> Result<(), BuildError> {
+/// `--relock`: the locked rounds' changes replayed on today's round 0 and templates,
+/// compiled and re-judged; Serve.lock rewritten with today's digests (each round keeps
+/// the metrics measured when it was accepted).
+fn relock_run(
+    prepared: &Prepared,
+    work: &Path,
+    lock: &Lock,
+    round0: &Plan,
+    sha: &str,
+) -> Result<(), BuildError> {
+    let mut plan = round0.clone();
+    let mut new = Lock::new(sha, round0, &generate(round0)?.tree_digest())?;
+    for round in &lock.rounds {
+        plan = change::apply_all(&plan, &round.changes)?;
+        new.accept(round.clone(), &generate(&plan)?.tree_digest());
+    }
+    finish(prepared, work, &generate(&plan)?)?;
+    new.write(&lock_path(&prepared.manifest.path))?;
+    println!(
+        "{}: Serve.lock rewritten ({} rounds, tree {})",
+        prepared.manifest.target.name,
+        new.rounds.len(),
+        short(&new.tree)
+    );
+    Ok(())
+}
+
+/// Fails with the first differing file when `files` is not the locked tree. The locked
+/// crate's files come from the state repository's `best` when it holds the locked tree;
+/// otherwise from the crate last written to disk, else only the digests can be named.
+fn check_tree(
+    prepared: &Prepared,
+    work: &Path,
+    lock: &Lock,
+    files: &FileSet,
+) -> Result<(), BuildError> {
     let found = files.tree_digest();
     if found == lock.tree {
         return Ok(());
     }
-    let dir = prepared.server_dir();
-    let on_disk = files.diff(&dir).ok().and_then(|d| d.into_iter().next());
     let template = template_digest()?;
-    let detail = match on_disk {
-        Some(diff) => format!(
-            "first differing file against the last crate built in {}: {}",
-            dir.display(),
-            describe(&diff)
-        ),
-        None if template != lock.template => format!(
-            "the template changed (digest {} → {})",
-            &lock.template[..16.min(lock.template.len())],
-            &template[..16]
-        ),
-        None => "the generator's output changed".into(),
+    let locked_files = State::open(&work.join("state.git"))
+        .ok()
+        .and_then(|s| s.best_files().ok().flatten())
+        .filter(|f| f.tree_digest() == lock.tree);
+    let dir = prepared.server_dir();
+    let detail = if let Some(path) = locked_files.and_then(|old| first_difference(&old, files)) {
+        format!("first differing file: {path}")
+    } else if let Some(diff) = files.diff(&dir).ok().and_then(|d| d.into_iter().next()) {
+        format!(
+            "first difference against the crate last built in {}: {diff}",
+            dir.display()
+        )
+    } else if template != lock.template {
+        format!(
+            "the template changed (digest {} -> {})",
+            short(&lock.template),
+            short(&template)
+        )
+    } else {
+        "the generator's output changed".into()
     };
     Err(BuildError::Drift {
         target: prepared.manifest.target.name.clone(),
@@ -87,8 +113,22 @@ fn check_tree(prepared: &Prepared, lock: &Lock, files: &FileSet) -> Result<(), B
     })
 }
 
-fn describe(diff: &FileDiff) -> String {
-    diff.to_string()
+/// The first path, in path order, that one set has and the other lacks or holds differently.
+pub fn first_difference(old: &FileSet, new: &FileSet) -> Option<String> {
+    let (a, b) = (old.digests(), new.digests());
+    let mut paths: Vec<&str> = a.keys().chain(b.keys()).copied().collect();
+    paths.sort_unstable();
+    paths.into_iter().find(|p| a.get(p) != b.get(p)).map(|p| {
+        match (a.contains_key(p), b.contains_key(p)) {
+            (true, false) => format!("{p} (no longer generated)"),
+            (false, true) => format!("{p} (newly generated)"),
+            _ => format!("{p} (contents changed)"),
+        }
+    })
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..16.min(digest.len())]
 }
 
 /// Writes, compiles and (where the hardware is here) judges the final crate, and copies
