@@ -28,7 +28,7 @@ enum Command {
     /// Write the target's round-0 server crate (or check it with --check).
     Generate(crate::generate::command::GenerateArgs),
     /// Benchmark a server (ours, a peer, or any URL) with a streaming OpenAI workload.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// List the skills, whether each applies to the target (and why not), and their moves.
     Skills(crate::skills::command::SkillsArgs),
     /// Search for a better server round by round (or rebuild the locked one with --locked).
@@ -46,7 +46,7 @@ pub fn main() -> miette::Result<()> {
         Command::Check(args) => exit_on_error(crate::manifest::check(&args), |e| e.exit_code()),
         Command::Fetch(target) => exit_on_error(crate::prepare::fetch(&target), |_| exit_code::FAILURE),
         Command::Generate(args) => exit_on_error(crate::generate::command::run(&args), |_| exit_code::FAILURE),
-        Command::Bench(args) => crate::bench::command::main(args),
+        Command::Bench(args) => crate::bench::command::main(*args),
         Command::Skills(args) => exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE),
         Command::Build(args) => exit_on_error(crate::build::run(&args), |_| exit_code::FAILURE),
         Command::Log(args) => exit_on_error(crate::log::run(&args), |_| exit_code::FAILURE),

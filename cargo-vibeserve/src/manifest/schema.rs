@@ -91,8 +91,8 @@ pub struct RawHardware {
     /// CPU only: worker threads of the server. Default 1, so that a plan never depends on the
     /// machine it was made on; set it to the cores you give the server.
     pub threads: Option<Spanned<u32>>,
-    /// CPU only: the instruction set the kernels are built for: `"auto"` (the best the
-    /// generating machine has), `"avx512vnni"`, `"avx2"` or `"portable"`. Default `"auto"`.
+    /// CPU only: the instruction set the kernels are built for: `"auto"` (the server picks
+    /// the best the running CPU has, at start-up), `"avx512vnni"`, `"avx2"` or `"portable"`. Default `"auto"`.
     pub isa: Option<Spanned<Isa>>,
     /// CUDA only, required there: the GPU architecture to compile for, e.g. `"sm_90a"` (H100),
     /// `"sm_80"` (A100), `"sm_89"` (L4, RTX 4090).

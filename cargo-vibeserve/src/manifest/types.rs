@@ -100,7 +100,8 @@ pub enum Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isa {
-    /// The best the generating machine has, decided when the plan is made.
+    /// The server picks the best the running CPU supports, at start-up; pinning one is a
+    /// plan move the search can try on the machine it benchmarks.
     Auto,
     /// AVX-512 with VNNI (int8 dot products).
     Avx512vnni,

@@ -1,0 +1,173 @@
+//! Round-0 generation through the real binary, on every committed target: the output is
+//! byte-identical from run to run, snapshot-tested file by file, consistent with the
+//! template's own `src/plan.rs`, and the generated crate builds on its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use vibeserve::generate::FileSet;
+
+/// The repository root (the test runs from the cargo-vibeserve package folder).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cargo-vibeserve sits inside the repository")
+        .to_path_buf()
+}
+
+/// Runs `cargo-vibeserve vibeserve ARGS` from the repository root.
+fn vibeserve(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cargo-vibeserve"))
+        .arg("vibeserve")
+        .args(args)
+        .current_dir(repo_root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cargo-vibeserve runs")
+}
+
+/// Generates `target` into a fresh folder and returns the folder.
+fn generate_into(target: &str, dir: &Path) {
+    let out = vibeserve(&["generate", target, "--out", dir.to_str().expect("UTF-8 temp path")]);
+    assert!(
+        out.status.success(),
+        "generate {target} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `dir`, by relative path.
+fn read_tree(dir: &Path) -> FileSet {
+    let mut files = FileSet::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).expect("readable folder") {
+            let path = entry.expect("readable entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("under dir");
+                let rel = rel.to_str().expect("UTF-8 paths").replace('\\', "/");
+                files.insert(rel, std::fs::read(&path).expect("readable file"));
+            }
+        }
+    }
+    files
+}
+
+/// The committed targets whose model this machine has (CPU targets: all of them today).
+fn committed_targets() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("targets"))
+        .expect("targets/ exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Serve.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn text(files: &FileSet, path: &str) -> String {
+    String::from_utf8(files.get(path).expect("generated file").to_vec()).expect("UTF-8")
+}
+
+#[test]
+fn generation_is_byte_identical_and_snapshotted() {
+    let targets = committed_targets();
+    assert!(targets.contains(&"smollm2-cpu".to_string()));
+    for target in targets {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        generate_into(&target, a.path());
+        generate_into(&target, b.path());
+        let (first, second) = (read_tree(a.path()), read_tree(b.path()));
+        assert_eq!(first, second, "{target}: two generations differ");
+
+        let listing: String = first
+            .digests()
+            .into_iter()
+            .map(|(path, digest)| format!("{digest}  {path}\n"))
+            .collect();
+        insta::assert_snapshot!(format!("{target}__files"), listing);
+        for path in ["Plan.toml", "src/plan.rs", "Cargo.toml"] {
+            let name = format!("{target}__{}", path.replace(['/', '.'], "_"));
+            insta::assert_snapshot!(name, text(&first, path));
+        }
+
+        // A second `generate` onto the same folder changes nothing, and --check agrees.
+        generate_into(&target, a.path());
+        assert_eq!(read_tree(a.path()), first);
+        let check = vibeserve(&["generate", &target, "--check", "--out", a.path().to_str().unwrap()]);
+        assert!(check.status.success(), "--check after generate failed");
+    }
+}
+
+#[test]
+fn check_names_the_first_drifted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_into("smollm2-cpu", dir.path());
+    let main_rs = dir.path().join("src/main.rs");
+    let mut edited = std::fs::read_to_string(&main_rs).unwrap();
+    edited.push_str("// a hand edit\n");
+    std::fs::write(&main_rs, edited).unwrap();
+    std::fs::write(dir.path().join("src/extra.rs"), "// not generated\n").unwrap();
+
+    let out = vibeserve(&["generate", "smollm2-cpu", "--check", "--out", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not generated: src/extra.rs"), "{stderr}");
+    assert!(stderr.contains("changed: src/main.rs"), "{stderr}");
+
+    // Generating again repairs the folder: the hand edit and the stray file are gone.
+    generate_into("smollm2-cpu", dir.path());
+    assert!(!dir.path().join("src/extra.rs").exists());
+    let check = vibeserve(&["generate", "smollm2-cpu", "--check", "--out", dir.path().to_str().unwrap()]);
+    assert!(check.status.success());
+}
+
+#[test]
+fn generate_refuses_a_folder_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let out = vibeserve(&["generate", "smollm2-cpu", "--out", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+}
+
+/// The template is built and tested in the workspace with the default target's round-0
+/// plan: its `src/plan.rs` must be exactly what generation writes for that target, or
+/// the workspace would be testing a server no user gets.
+#[test]
+fn template_plan_rs_is_the_default_targets_round0() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_into("smollm2-cpu", dir.path());
+    let generated = std::fs::read_to_string(dir.path().join("src/plan.rs")).unwrap();
+    let body: String = generated
+        .lines()
+        .skip_while(|l| l.starts_with("// @generated") || l.starts_with("// Edit"))
+        .skip_while(|l| l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let template = std::fs::read_to_string(repo_root().join("templates/server/src/plan.rs")).unwrap();
+    assert_eq!(body, template, "templates/server/src/plan.rs drifted from smollm2-cpu's round-0 plan");
+}
+
+/// The generated crate builds on its own, offline, with its pinned lockfile. It is built
+/// where `generate` puts it by default, so later runs and other tests reuse the build.
+#[test]
+fn generated_crate_builds() {
+    let out = vibeserve(&["generate", "smollm2-cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let crate_dir = target_dir.join("vibeserve/smollm2-cpu/server");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--offline", "--locked", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "the generated smollm2-cpu crate does not build");
+}
