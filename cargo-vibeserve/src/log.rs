@@ -170,3 +170,48 @@ pub enum LogError {
     #[diagnostic(transparent)]
     Write(#[from] crate::generate::GenerateError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::AttemptRecord;
+
+    fn attempt(round: u32, verdict: Verdict, objective: Option<f64>) -> StoredAttempt {
+        StoredAttempt {
+            commit: format!("{round:040}"),
+            record: AttemptRecord {
+                round,
+                skill: (round > 0).then(|| "serving/prefill-chunk".to_string()),
+                label: (round > 0).then(|| format!("serving.prefill_chunk = {}", 64 * round)),
+                changes: Vec::new(),
+                plan_digest: "d".into(),
+                verdict,
+                objective,
+                metrics: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn change_is_relative_to_the_best_before_the_round() {
+        let rounds = [
+            attempt(0, Verdict::Baseline, Some(100.0)),
+            attempt(1, Verdict::Accepted, Some(110.0)),
+            attempt(2, Verdict::RejectedRegression, Some(99.0)),
+            attempt(3, Verdict::RejectedBuild, None),
+        ];
+        let text = table(&rounds, "max output_tokens_per_s");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("output_tokens_per_s"));
+        assert!(lines[2].ends_with("+10.0%"), "{}", lines[2]);
+        assert!(lines[3].ends_with("-10.0%"), "{}", lines[3]);
+        assert!(lines[4].contains("rejected-build") && lines[4].ends_with('-'));
+        let chart = svg(&rounds, "max output_tokens_per_s");
+        assert_eq!(
+            chart.matches("<circle").count(),
+            3,
+            "one point per measured round"
+        );
+        assert!(chart.contains("round 2: 99.00 (rejected-regression)"));
+    }
+}

@@ -173,3 +173,37 @@ fn cuda_present() -> bool {
         .output()
         .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(files: &[(&str, &str)]) -> FileSet {
+        let mut s = FileSet::default();
+        for (p, c) in files {
+            s.insert(*p, c.as_bytes().to_vec());
+        }
+        s
+    }
+
+    #[test]
+    fn the_first_differing_path_is_named_with_how_it_differs() {
+        let old = set(&[("a.rs", "1"), ("b.rs", "2"), ("c.rs", "3")]);
+        assert_eq!(first_difference(&old, &old), None);
+        let changed = set(&[("a.rs", "1"), ("b.rs", "X"), ("c.rs", "3")]);
+        assert_eq!(
+            first_difference(&old, &changed).as_deref(),
+            Some("b.rs (contents changed)")
+        );
+        let fewer = set(&[("b.rs", "2"), ("c.rs", "3")]);
+        assert_eq!(
+            first_difference(&old, &fewer).as_deref(),
+            Some("a.rs (no longer generated)")
+        );
+        let more = set(&[("a.rs", "1"), ("aa.rs", "0"), ("b.rs", "2"), ("c.rs", "3")]);
+        assert_eq!(
+            first_difference(&old, &more).as_deref(),
+            Some("aa.rs (newly generated)")
+        );
+    }
+}
