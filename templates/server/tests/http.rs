@@ -336,9 +336,16 @@ fn a_disconnect_frees_the_sequence(server: &Server) {
         line.clear();
         reader.read_line(&mut line).expect("the stream starts");
     }
-    assert_eq!(server.metric("vibeserve_running_sequences"), 1.0);
-    drop(reader);
+    // The gauge is published at the end of the engine step that sent the chunk.
     let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("vibeserve_running_sequences") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream's sequence is not running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(reader);
     while server.metric("vibeserve_running_sequences") > 0.0 {
         assert!(
             Instant::now() < deadline,
