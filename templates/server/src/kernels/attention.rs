@@ -1,7 +1,8 @@
 //! Causal grouped-query attention over the paged KV cache.
 //!
-//! One task per (token, query head), claimed from an atomic counter by the
-//! pool's threads. A token at position `p` attends to positions `0..=p` of
+//! One task per (token, KV head), claimed from an atomic counter by the
+//! pool's threads; a task serves the KV head's whole group of query heads, so
+//! each cached key and value is converted from the cache's precision once. A token at position `p` attends to positions `0..=p` of
 //! its own sequence; the step's own K/V were written to the cache before
 //! this runs, so every key comes from the cache and the causal mask is just
 //! the loop bound. Query head `h` reads KV head `h / (N_HEADS / N_KV_HEADS)`.
@@ -21,23 +22,25 @@ const Q_WIDTH: usize = N_HEADS * HEAD_DIM;
 
 /// Per-thread working memory: scores over the context and one block of K or V in f32.
 pub(super) struct Scratch {
+    /// `GROUP` rows of `CONTEXT_LENGTH` scores.
     scores: Vec<f32>,
     run: Vec<f32>,
-    q16: [f32; HEAD_DIM],
+    /// The group's queries at the cache's precision.
+    q16: [f32; GROUP * HEAD_DIM],
 }
 
 impl Scratch {
     /// Buffers for the longest context.
     pub(super) fn new() -> Mutex<Self> {
         Mutex::new(Self {
-            scores: vec![0.0; CONTEXT_LENGTH],
+            scores: vec![0.0; GROUP * CONTEXT_LENGTH],
             run: vec![0.0; HEAD_RUN],
-            q16: [0.0; HEAD_DIM],
+            q16: [0.0; GROUP * HEAD_DIM],
         })
     }
 }
 
-/// The attention output, written by tasks at disjoint `HEAD_DIM` slices.
+/// The attention output, written by tasks at disjoint `GROUP · HEAD_DIM` slices.
 struct HeadOut {
     ptr: *mut f32,
     len: usize,
@@ -47,15 +50,18 @@ struct HeadOut {
 unsafe impl Sync for HeadOut {}
 
 impl HeadOut {
-    /// The `HEAD_DIM` outputs starting at `at`.
+    /// The `GROUP · HEAD_DIM` outputs starting at `at`.
     ///
     /// # Safety
-    /// No other live reference may cover `at..at + HEAD_DIM`.
+    /// No other live reference may cover `at..at + GROUP · HEAD_DIM`.
     #[allow(clippy::mut_from_ref)] // disjointness is the caller's contract
-    unsafe fn head(&self, at: usize) -> &mut [f32] {
-        assert!(at + HEAD_DIM <= self.len, "attention output out of bounds");
+    unsafe fn group(&self, at: usize) -> &mut [f32] {
+        assert!(
+            at + GROUP * HEAD_DIM <= self.len,
+            "attention output out of bounds"
+        );
         // SAFETY: in bounds (checked above); exclusive per the contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), HEAD_DIM) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), GROUP * HEAD_DIM) }
     }
 }
 
@@ -90,21 +96,22 @@ impl Kernels {
                 .unwrap_or_else(|e| e.into_inner());
             loop {
                 let task = next.fetch_add(1, Ordering::Relaxed);
-                if task >= n * N_HEADS {
+                if task >= n * N_KV_HEADS {
                     break;
                 }
-                let (t, h) = (task / N_HEADS, task % N_HEADS);
-                let at = t * Q_WIDTH + h * HEAD_DIM;
-                // SAFETY: task (t, h) is claimed by exactly one thread, so
+                let (t, g) = (task / N_KV_HEADS, task % N_KV_HEADS);
+                // Query heads g·GROUP .. (g+1)·GROUP are contiguous.
+                let at = t * Q_WIDTH + g * GROUP * HEAD_DIM;
+                // SAFETY: task (t, g) is claimed by exactly one thread, so
                 // this slice has no other writer.
-                let o = unsafe { dst.head(at) };
+                let o = unsafe { dst.group(at) };
                 let ctx = Ctx {
                     pool,
                     layer,
                     blocks: batch.table(t).blocks(),
                     n_ctx: batch.positions()[t] + 1,
                 };
-                attend_head(&ctx, h / GROUP, &q[at..at + HEAD_DIM], o, &mut scratch);
+                attend_group(&ctx, g, &q[at..at + GROUP * HEAD_DIM], o, &mut scratch);
             }
         });
         Ok(())
@@ -144,40 +151,52 @@ impl Ctx<'_> {
     }
 }
 
-/// One query head's attention for one token.
-fn attend_head(ctx: &Ctx<'_>, kv_head: usize, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
+/// Attention of one token's `GROUP` query heads that share KV head `kv_head`.
+fn attend_group(ctx: &Ctx<'_>, kv_head: usize, q: &[f32], out: &mut [f32], scratch: &mut Scratch) {
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let n = ctx.n_ctx;
     let Scratch { scores, run, q16 } = scratch;
-    let scores = &mut scores[..ctx.n_ctx];
     // Operands meet K and V at the cache's precision, as in llama.cpp's f16
     // attention (its accuracy goldens are our reference).
-    for (r, &x) in q16.iter_mut().zip(q) {
-        *r = to_kv_precision(x);
-    }
-    let q = &q16[..];
-    // scores[s] = q · k_s / √d                                  (n_ctx)
+    to_kv_precision(q, q16);
+    // scores[g][s] = q_g · k_s / √d                              (GROUP, n_ctx)
     ctx.for_each_block(K, kv_head, run, |first, keys| {
         for (j, k) in keys.chunks_exact(HEAD_DIM).enumerate() {
-            scores[first + j] = dot(q, k) * scale;
+            for (g, qg) in q16.chunks_exact(HEAD_DIM).enumerate() {
+                scores[g * CONTEXT_LENGTH + first + j] = dot(qg, k) * scale;
+            }
         }
     });
-    softmax(scores);
-    for p in scores.iter_mut() {
-        *p = to_kv_precision(*p);
+    for g in 0..GROUP {
+        let row = &mut scores[g * CONTEXT_LENGTH..g * CONTEXT_LENGTH + n];
+        softmax(row);
+        round_to_kv_precision(row, &mut run[..]);
     }
-    // out = Σ_s scores[s] · v_s                                  (HEAD_DIM)
+    // out_g = Σ_s scores[g][s] · v_s                             (GROUP, HEAD_DIM)
     out.fill(0.0);
     ctx.for_each_block(V, kv_head, run, |first, values| {
         for (j, v) in values.chunks_exact(HEAD_DIM).enumerate() {
-            axpy(out, scores[first + j], v);
+            for (g, og) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
+                axpy(og, scores[g * CONTEXT_LENGTH + first + j], v);
+            }
         }
     });
 }
 
-/// `x` rounded to the KV cache's element precision.
-#[inline]
-fn to_kv_precision(x: f32) -> f32 {
-    let mut out = [0.0f32];
-    KvElem::to_f32s(&[KvElem::from_f32(x)], &mut out);
-    out[0]
+/// `dst = src` rounded to the KV cache's element precision.
+fn to_kv_precision(src: &[f32], dst: &mut [f32]) {
+    let mut tmp = [KvElem::from_f32(0.0); HEAD_DIM];
+    for (s, d) in src.chunks(HEAD_DIM).zip(dst.chunks_mut(HEAD_DIM)) {
+        KvElem::from_f32s(s, &mut tmp[..s.len()]);
+        KvElem::to_f32s(&tmp[..s.len()], d);
+    }
+}
+
+/// Rounds `x` in place to the KV cache's element precision (`spare`: scratch of any length).
+fn round_to_kv_precision(x: &mut [f32], spare: &mut [f32]) {
+    for chunk in x.chunks_mut(spare.len().min(HEAD_RUN)) {
+        let tmp = &mut spare[..chunk.len()];
+        tmp.copy_from_slice(chunk);
+        to_kv_precision(tmp, chunk);
+    }
 }

@@ -58,27 +58,31 @@ fn h2f(bits: u16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
-/// Shared row/tile loop: `tile(w_row, first_act, n_acts) -> sums`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn for_tiles(
-    rows: Range<usize>,
-    n_act: usize,
-    out: &OutRows,
-    mut tile: impl FnMut(usize, usize, usize) -> [f32; ACT_TILE],
-) {
-    for r in rows {
-        let mut b = 0;
-        while b < n_act {
-            let t = ACT_TILE.min(n_act - b);
-            let sums = tile(r, b, t);
-            for (j, &s) in sums.iter().enumerate().take(t) {
-                // SAFETY: the caller hands each thread a disjoint range of rows.
-                unsafe { out.set(b + j, r, s) };
+/// The row/tile loop shared by every format: `$tile::<T>(args.., r, b0, t)`
+/// returns the sums of weight row `r` with activation rows `b0..b0 + t`.
+/// Batch 1 (decode) gets its own instance (`T = 1`) so the accumulators
+/// live in registers; full tiles use `T = ACT_TILE`.
+macro_rules! tiles {
+    ($rows:expr, $n_act:expr, $out:expr, $tile:ident($($arg:expr),*)) => {
+        for r in $rows {
+            let mut b = 0;
+            while b < $n_act {
+                let t = ACT_TILE.min($n_act - b);
+                if t == 1 {
+                    let s = $tile::<1>($($arg,)* r, b, 1);
+                    // SAFETY: the caller hands each thread a disjoint range of rows.
+                    unsafe { $out.set(b, r, s[0]) };
+                } else {
+                    let s = $tile::<ACT_TILE>($($arg,)* r, b, t);
+                    for (j, &v) in s.iter().enumerate().take(t) {
+                        // SAFETY: as above.
+                        unsafe { $out.set(b + j, r, v) };
+                    }
+                }
+                b += t;
             }
-            b += t;
         }
-    }
+    };
 }
 
 /// Index of the second block of the pair starting at `i`, and the scale
@@ -92,6 +96,55 @@ fn partner(i: usize, kb: usize) -> (usize, f32) {
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; slices hold
+/// One tile of [`gemm_q4_1`]: weight row `r` against activation rows `b0..b0 + t` (`t <= T`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_q4_1<const T: usize>(
+    w: &[BlockQ4_1],
+    kb: usize,
+    a: &[BlockQ8_1],
+    r: usize,
+    b0: usize,
+    t: usize,
+) -> [f32; T] {
+    let wr = &w[r * kb..(r + 1) * kb];
+    let mut acc = [_mm512_setzero_ps(); T];
+    // Lanes [d0·da0, m0·sa0, d1·da1, m1·sa1], summed: lanes 1 and 3 are the minimum terms.
+    let mut mins = [_mm_setzero_ps(); T];
+    // Spreads lane 0 over the low 8 lanes and lane 2 over the high 8.
+    let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    for i in (0..kb).step_by(2) {
+        let (i1, k1) = partner(i, kb);
+        // SAFETY: the features are enabled on this function; blocks are in bounds.
+        let wv = unsafe { unpack2(&wr[i].qs, &wr[i1].qs) };
+        // [d0, m0, d1, m1] in one conversion; the odd last block counts once.
+        let dm = _mm_mul_ps(
+            _mm_cvtph_ps(_mm_set_epi32(0, 0, dm_bits(&wr[i1]), dm_bits(&wr[i]))),
+            _mm_set_ps(k1, k1, 1.0, 1.0),
+        );
+        for j in 0..t {
+            let row = &a[(b0 + j) * kb..(b0 + j + 1) * kb];
+            // SAFETY: as above.
+            let av = unsafe { load2(&row[i].qs, &row[i1].qs) };
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
+            let prod = _mm_mul_ps(dm, _mm_set_ps(row[i1].s, row[i1].d, row[i].s, row[i].d));
+            mins[j] = _mm_add_ps(mins[j], prod);
+            let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(prod));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[j]);
+        }
+    }
+    std::array::from_fn(|j| {
+        let m = _mm_add_ps(mins[j], _mm_movehl_ps(mins[j], mins[j]));
+        _mm512_reduce_add_ps(acc[j]) + _mm_cvtss_f32(_mm_movehdup_ps(m))
+    })
+}
+
+/// A `Q4_1` block's scale and minimum as one 32-bit lane of f16 bits (`d` low).
+#[inline]
+fn dm_bits(b: &BlockQ4_1) -> i32 {
+    (u32::from(b.d) | (u32::from(b.m) << 16)) as i32
+}
+
 /// `kb` blocks per row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn gemm_q4_1(
@@ -102,28 +155,42 @@ pub unsafe fn gemm_q4_1(
     n_act: usize,
     out: &OutRows,
 ) {
-    for_tiles(rows, n_act, out, |r, b0, t| {
-        let wr = &w[r * kb..(r + 1) * kb];
-        let mut acc = [_mm512_setzero_ps(); ACT_TILE];
-        let mut mins = [0.0f32; ACT_TILE];
-        for i in (0..kb).step_by(2) {
-            let (i1, k1) = partner(i, kb);
-            // SAFETY: the features are enabled on this function; blocks are in bounds.
-            let wv = unsafe { unpack2(&wr[i].qs, &wr[i1].qs) };
-            let (d0, d1) = (h2f(wr[i].d), h2f(wr[i1].d) * k1);
-            let (m0, m1) = (h2f(wr[i].m), h2f(wr[i1].m) * k1);
-            for j in 0..t {
-                let row = &a[(b0 + j) * kb..(b0 + j + 1) * kb];
-                // SAFETY: as above.
-                let av = unsafe { load2(&row[i].qs, &row[i1].qs) };
-                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
-                let s = scales(d0 * row[i].d, d1 * row[i1].d);
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[j]);
-                mins[j] += m0 * row[i].s + m1 * row[i1].s;
-            }
+    tiles!(rows, n_act, out, tile_q4_1(w, kb, a));
+}
+
+/// One tile of [`gemm_q4_0`]: weight row `r` against activation rows `b0..b0 + t` (`t <= T`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_q4_0<const T: usize>(
+    w: &[BlockQ4_0],
+    kb: usize,
+    a: &[BlockQ8_0],
+    r: usize,
+    b0: usize,
+    t: usize,
+) -> [f32; T] {
+    let eight = _mm512_set1_epi8(8);
+    let wr = &w[r * kb..(r + 1) * kb];
+    let mut acc = [_mm512_setzero_ps(); T];
+    for i in (0..kb).step_by(2) {
+        let (i1, k1) = partner(i, kb);
+        // SAFETY: the features are enabled on this function; blocks are in bounds.
+        let wv = unsafe { unpack2(&wr[i].qs, &wr[i1].qs) };
+        let (d0, d1) = (h2f(wr[i].d), h2f(wr[i1].d) * k1);
+        for j in 0..t {
+            let row = &a[(b0 + j) * kb..(b0 + j + 1) * kb];
+            // SAFETY: as above.
+            let av = unsafe { load2(&row[i].qs, &row[i1].qs) };
+            // Σ (q − 8)·a = Σ q·a − Σ 8·a.
+            let p = _mm512_sub_epi32(
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, av),
+            );
+            let s = scales(d0 * h2f(row[i].d), d1 * h2f(row[i1].d));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[j]);
         }
-        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]) + mins[j])
-    });
+    }
+    std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]))
 }
 
 /// `Q4_0` weights × `Q8_0` activations for output rows `rows`.
@@ -139,30 +206,41 @@ pub unsafe fn gemm_q4_0(
     n_act: usize,
     out: &OutRows,
 ) {
-    let eight = _mm512_set1_epi8(8);
-    for_tiles(rows, n_act, out, |r, b0, t| {
-        let wr = &w[r * kb..(r + 1) * kb];
-        let mut acc = [_mm512_setzero_ps(); ACT_TILE];
-        for i in (0..kb).step_by(2) {
-            let (i1, k1) = partner(i, kb);
-            // SAFETY: the features are enabled on this function; blocks are in bounds.
-            let wv = unsafe { unpack2(&wr[i].qs, &wr[i1].qs) };
-            let (d0, d1) = (h2f(wr[i].d), h2f(wr[i1].d) * k1);
-            for j in 0..t {
-                let row = &a[(b0 + j) * kb..(b0 + j + 1) * kb];
-                // SAFETY: as above.
-                let av = unsafe { load2(&row[i].qs, &row[i1].qs) };
-                // Σ (q − 8)·a = Σ q·a − Σ 8·a.
-                let p = _mm512_sub_epi32(
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av),
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, av),
-                );
-                let s = scales(d0 * h2f(row[i].d), d1 * h2f(row[i1].d));
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[j]);
-            }
+    tiles!(rows, n_act, out, tile_q4_0(w, kb, a));
+}
+
+/// One tile of [`gemm_q8_0`]: weight row `r` against activation rows `b0..b0 + t` (`t <= T`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_q8_0<const T: usize>(
+    w: &[BlockQ8_0],
+    kb: usize,
+    a: &[BlockQ8_0],
+    r: usize,
+    b0: usize,
+    t: usize,
+) -> [f32; T] {
+    let wr = &w[r * kb..(r + 1) * kb];
+    let mut acc = [_mm512_setzero_ps(); T];
+    for i in (0..kb).step_by(2) {
+        let (i1, k1) = partner(i, kb);
+        // SAFETY: the features are enabled on this function; blocks are in bounds.
+        let wv = unsafe { load2(&wr[i].qs, &wr[i1].qs) };
+        // dpbusd wants an unsigned operand: |w| · (a negated where w < 0).
+        let wabs = _mm512_abs_epi8(wv);
+        let neg = _mm512_movepi8_mask(wv);
+        let (d0, d1) = (h2f(wr[i].d), h2f(wr[i1].d) * k1);
+        for j in 0..t {
+            let row = &a[(b0 + j) * kb..(b0 + j + 1) * kb];
+            // SAFETY: as above.
+            let av = unsafe { load2(&row[i].qs, &row[i1].qs) };
+            let av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wabs, av);
+            let s = scales(d0 * h2f(row[i].d), d1 * h2f(row[i1].d));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[j]);
         }
-        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]))
-    });
+    }
+    std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]))
 }
 
 /// `Q8_0` weights × `Q8_0` activations for output rows `rows`.
@@ -178,27 +256,5 @@ pub unsafe fn gemm_q8_0(
     n_act: usize,
     out: &OutRows,
 ) {
-    for_tiles(rows, n_act, out, |r, b0, t| {
-        let wr = &w[r * kb..(r + 1) * kb];
-        let mut acc = [_mm512_setzero_ps(); ACT_TILE];
-        for i in (0..kb).step_by(2) {
-            let (i1, k1) = partner(i, kb);
-            // SAFETY: the features are enabled on this function; blocks are in bounds.
-            let wv = unsafe { load2(&wr[i].qs, &wr[i1].qs) };
-            // dpbusd wants an unsigned operand: |w| · (a negated where w < 0).
-            let wabs = _mm512_abs_epi8(wv);
-            let neg = _mm512_movepi8_mask(wv);
-            let (d0, d1) = (h2f(wr[i].d), h2f(wr[i1].d) * k1);
-            for j in 0..t {
-                let row = &a[(b0 + j) * kb..(b0 + j + 1) * kb];
-                // SAFETY: as above.
-                let av = unsafe { load2(&row[i].qs, &row[i1].qs) };
-                let av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
-                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wabs, av);
-                let s = scales(d0 * h2f(row[i].d), d1 * h2f(row[i1].d));
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[j]);
-            }
-        }
-        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]))
-    });
+    tiles!(rows, n_act, out, tile_q8_0(w, kb, a));
 }

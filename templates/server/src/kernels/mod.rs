@@ -56,9 +56,12 @@ impl KernelVariant {
         needed.iter().copied().filter(|f| !has_feature(f)).collect()
     }
 
-    /// The variant `Auto` resolves to on this CPU.
+    /// The variant `Auto` resolves to on this CPU. AVX2 comes first: on an
+    /// AVX-512 Xeon it measured faster than the VNNI path (batch-1 decode
+    /// 58 vs 52 tok/s, prefill 151 vs 147 tok/s, 2 threads) and it sums in
+    /// llama.cpp's order; a plan may still pin `Avx512Vnni`.
     pub fn detect() -> Self {
-        [Self::Avx512Vnni, Self::Avx2]
+        [Self::Avx2, Self::Avx512Vnni]
             .into_iter()
             .find(|v| v.missing_features().is_empty())
             .unwrap_or(Self::Portable)

@@ -5,8 +5,9 @@
 //! attention), so dispatch must cost well under a microsecond: workers spin on
 //! a generation counter for [`POOL_SPIN`](crate::plan::POOL_SPIN) rounds after
 //! each job before parking, and the caller wakes parked ones with `unpark`
-//! (an atomic swap when the worker is still spinning). This is llama.cpp's
-//! barrier design; rayon parks between jobs and measured slower for this.
+//! (an atomic swap when the worker is still spinning). The caller, waiting
+//! for workers, spins as long and then yields its core, so an oversubscribed
+//! machine degrades instead of stalling. This is llama.cpp's barrier design.
 
 use crate::plan::POOL_SPIN;
 use std::any::Any;
@@ -83,8 +84,16 @@ impl Pool {
             w.thread().unpark();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
+        let mut spins = 0;
         while self.shared.done.load(Ordering::Acquire) < self.workers.len() {
-            std::hint::spin_loop();
+            // Spin while workers are likely running; past that, a worker has
+            // probably lost its core (an oversubscribed machine): yield it ours.
+            if spins < POOL_SPIN {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
         }
         *lock(&self.shared.job) = None;
         if let Err(payload) = mine {

@@ -64,6 +64,15 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
+/// Rounds half to even for |x| < 2^22 (quants are within ±127): adding and
+/// subtracting 1.5·2^23 leaves the FPU's round-to-nearest-even result.
+/// `f32::round_ties_even` would be a libm call per value on baseline x86-64.
+#[inline]
+fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
 /// `x` rounded to the nearest f16 value.
 #[inline]
 fn round_f16(x: f32) -> f32 {
@@ -87,7 +96,7 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         let (d, id) = q8_scale(xb);
         ob.d = f16::from_f32(d).to_bits();
         for (q, v) in ob.qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = round_even(v * id) as i8;
         }
     }
 }
@@ -99,7 +108,7 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let (d, id) = q8_scale(xb);
         let mut sum = 0i32;
         for (q, v) in ob.qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = round_even(v * id) as i8;
             sum += i32::from(*q);
         }
         // ggml stores both as f16; rounding them the same way keeps our
