@@ -76,8 +76,30 @@ pub fn mean_abs_delta(a: &[f64], b: &[f64]) -> Option<f64> {
         .then(|| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64)
 }
 
-/// The first `n` golden prompts with their reference continuations, as token ids.
-pub fn golden_prompts(golden: &Path, n: usize) -> Result<Vec<Prompt>, String> {
+/// One golden record: the prompt and reference continuation as token ids, where the
+/// continuation starts, and the reference's teacher-forced logprob of each of its tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenRecord {
+    /// `prompt_ids` followed by `continuation_ids`.
+    pub prompt: Prompt,
+    /// Index of the first continuation token.
+    pub start: usize,
+    /// The reference's logprob of each continuation token (`positions[i].logprob`).
+    pub logprobs: Vec<f64>,
+}
+
+impl GoldenRecord {
+    /// Mean |Δ logprob| of the continuation between a scoring of [`Self::prompt`] (as
+    /// [`score`] returns it: entry `j` is token `j + 1`) and the reference.
+    pub fn delta(&self, scored: &[f64]) -> Option<f64> {
+        let from = self.start.checked_sub(1)?;
+        let got = scored.get(from..from + self.logprobs.len())?;
+        mean_abs_delta(got, &self.logprobs)
+    }
+}
+
+/// The first `n` records of a golden file.
+pub fn golden_records(golden: &Path, n: usize) -> Result<Vec<GoldenRecord>, String> {
     let text = std::fs::read_to_string(golden)
         .map_err(|e| format!("cannot read {}: {e}", golden.display()))?;
     text.lines()
@@ -98,8 +120,19 @@ pub fn golden_prompts(golden: &Path, n: usize) -> Result<Vec<Prompt>, String> {
                     .collect()
             };
             let mut all = ids("prompt_ids")?;
+            let start = all.len();
             all.extend(ids("continuation_ids")?);
-            Ok(Prompt::Ids(all))
+            let logprobs = rec["positions"]
+                .as_array()
+                .ok_or("golden line has no `positions`")?
+                .iter()
+                .map(|p| p["logprob"].as_f64().ok_or("a position has no `logprob`"))
+                .collect::<Result<_, _>>()?;
+            Ok(GoldenRecord {
+                prompt: Prompt::Ids(all),
+                start,
+                logprobs,
+            })
         })
         .collect()
 }
