@@ -29,6 +29,8 @@ enum Command {
     Generate(crate::generate::command::GenerateArgs),
     /// Benchmark a server (ours, a peer, or any URL) with a streaming OpenAI workload.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Measure our engine's prefill and batch-1 decode against llama.cpp's llama-bench.
+    BenchEngine(crate::bench::engine::BenchEngineArgs),
     /// List the skills, whether each applies to the target (and why not), and their moves.
     Skills(crate::skills::command::SkillsArgs),
     /// Search for a better server round by round (or rebuild the locked one with --locked).
@@ -47,6 +49,7 @@ pub fn main() -> miette::Result<()> {
         Command::Fetch(target) => exit_on_error(crate::prepare::fetch(&target), |_| exit_code::FAILURE),
         Command::Generate(args) => exit_on_error(crate::generate::command::run(&args), |_| exit_code::FAILURE),
         Command::Bench(args) => crate::bench::command::main(*args),
+        Command::BenchEngine(args) => exit_on_error(crate::bench::engine::run_command(&args), |_| exit_code::FAILURE),
         Command::Skills(args) => exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE),
         Command::Build(args) => exit_on_error(crate::build::run(&args), |_| exit_code::FAILURE),
         Command::Log(args) => exit_on_error(crate::log::run(&args), |_| exit_code::FAILURE),

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod command;
 pub mod compare;
+pub mod engine;
 pub mod metrics;
 pub mod peer;
 pub mod report;

@@ -28,6 +28,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time each matrix product of the model and the machine's read bandwidth.
     BenchKernels(BenchArgs),
+    /// Time a prefill and batch-1 decode, and the read bandwidth; print JSON.
+    Bench(crate::bench::EngineBenchArgs),
     /// Serve the OpenAI-compatible HTTP API with continuous batching.
     Serve(crate::http::launch::ServeArgs),
 }
@@ -88,6 +90,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::BenchKernels(args) => bench(&args),
+        Command::Bench(args) => crate::bench::run(&args),
         Command::Serve(args) => Ok(crate::http::launch::run(&args)?),
     }
 }
