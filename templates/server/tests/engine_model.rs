@@ -249,3 +249,53 @@ fn teacher_forced_logprobs_match_llama_cpp_goldens() {
     );
     assert!(delta <= 0.05, "mean |delta logprob| {delta:.4} > 0.05");
 }
+
+#[test]
+fn bad_files_and_tensors_are_named_errors() {
+    use vibeserve_server::weights::{DType, GgufFile, WeightsError};
+    let path = std::env::var_os("VIBESERVE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("VIBESERVE_TEST_MODEL is not set: point it at SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    let f = GgufFile::open(&path).expect("the real file opens");
+    // Missing, wrong shape, wrong type: each names the tensor.
+    let err = f
+        .matrix("blk.99.attn_q.weight", &[DType::Q4_1], 576, 576)
+        .err()
+        .expect("missing");
+    assert!(
+        matches!(err, WeightsError::Missing { .. })
+            && err.to_string().contains("blk.99.attn_q.weight")
+    );
+    let err = f
+        .matrix("blk.0.attn_k.weight", &[DType::Q4_1], 576, 576)
+        .err()
+        .expect("shape");
+    assert!(
+        matches!(err, WeightsError::Mismatch { .. }) && err.to_string().contains("[576, 192]"),
+        "{err}"
+    );
+    let err = f
+        .matrix("token_embd.weight", &[DType::Q4_1], 49152, 576)
+        .err()
+        .expect("type");
+    assert!(err.to_string().contains("Q8_0"), "{err}");
+    // A file cut inside the tensor data: the tensors past the cut are reported.
+    let bytes = std::fs::read(&path).expect("read the model");
+    let cut = std::env::temp_dir().join(format!("vibeserve-truncated-{}.gguf", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write the truncated copy");
+    let err = GgufFile::open(&cut)
+        .err()
+        .expect("a truncated file is refused");
+    std::fs::remove_file(&cut).expect("remove the truncated copy");
+    assert!(
+        matches!(err, WeightsError::Truncated { .. }) && err.to_string().contains("does not fit"),
+        "{err}"
+    );
+    // A file cut inside the header is a format error, not a panic.
+    std::fs::write(&cut, &bytes[..1000]).expect("write the truncated copy");
+    let err = GgufFile::open(&cut).err().expect("a cut header is refused");
+    std::fs::remove_file(&cut).expect("remove the truncated copy");
+    assert!(matches!(err, WeightsError::Format { .. }), "{err}");
+}
