@@ -261,8 +261,17 @@ impl Metrics {
     /// A metric by its vLLM result name: `completed`, `failed`, `duration`,
     /// `total_input_tokens`, `total_output_tokens`, `request_throughput`,
     /// `request_goodput`, `output_throughput`, `total_token_throughput`, or
-    /// `{mean,median,std,p90,p95,p99}_{ttft,tpot,itl,e2el}_ms`.
+    /// `{mean,median,std,p90,p95,p99}_{ttft,tpot,itl,e2el}_ms`; or by its Serve.toml name
+    /// (`crate::manifest::METRICS`: `output_tokens_per_s`, `total_tokens_per_s`,
+    /// `requests_per_s`, `goodput_requests_per_s` and the latencies).
     pub fn get(&self, name: &str) -> Option<f64> {
+        let name = match name {
+            "output_tokens_per_s" => "output_throughput",
+            "total_tokens_per_s" => "total_token_throughput",
+            "requests_per_s" => "request_throughput",
+            "goodput_requests_per_s" => "request_goodput",
+            other => other,
+        };
         let value = match name {
             "completed" => self.completed as f64,
             "failed" => self.failed as f64,
@@ -451,6 +460,10 @@ mod tests {
         for name in metric_names() {
             assert!(m.get(&name).is_some(), "{name}");
         }
+        for name in crate::manifest::METRICS {
+            assert!(m.get(name).is_some(), "Serve.toml metric {name}");
+        }
+        assert_eq!(m.get("output_tokens_per_s"), Some(m.output_throughput));
         assert_eq!(m.get("p99_ttft_ms"), Some(m.ttft_ms.p99));
         assert_eq!(m.get("p42_ttft_ms"), None);
         assert_eq!(m.get("mean_foo_ms"), None);

@@ -226,21 +226,28 @@ impl Dispatch<'_> {
             sent += 1;
         }
         let mut records = Vec::with_capacity(sent);
-        loop {
-            tokio::select! {
-                joined = in_flight.join_next() => match joined {
-                    Some(Ok(record)) => records.push(record),
-                    Some(Err(_)) => {} // a request task can only fail by being aborted
-                    None => break,
-                },
-                () = cancel.cancelled() => {
-                    in_flight.abort_all();
-                    break;
-                }
-            }
+        tokio::select! {
+            () = collect(&mut in_flight, &mut records) => {}
+            () = cancel.cancelled() => {}
         }
+        // After a cancel: abandon what is in flight, keep what had finished.
+        in_flight.abort_all();
+        collect(&mut in_flight, &mut records).await;
         records.sort_by_key(|(i, _)| *i);
         let records = records.into_iter().map(|(_, r)| r).collect();
         (records, cancel.is_cancelled())
+    }
+}
+
+/// Move every finished request of `in_flight` into `records`, waiting for those still
+/// running. Aborted tasks are skipped: a request task fails only by being aborted.
+async fn collect(
+    in_flight: &mut JoinSet<(usize, RequestRecord)>,
+    records: &mut Vec<(usize, RequestRecord)>,
+) {
+    while let Some(joined) = in_flight.join_next().await {
+        if let Ok(record) = joined {
+            records.push(record);
+        }
     }
 }
