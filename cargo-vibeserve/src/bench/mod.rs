@@ -13,6 +13,7 @@ pub mod peer;
 pub mod report;
 pub mod run;
 pub mod sse;
+pub mod target;
 pub mod workload;
 
 pub use command::BenchArgs;
@@ -35,6 +36,10 @@ pub enum BenchError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Peer(#[from] peer::PeerError),
+    /// The target could not be loaded or its model fetched.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Target(#[from] crate::prepare::PrepareError),
     /// The flags do not describe a runnable benchmark.
     #[error("{0}")]
     Usage(String),

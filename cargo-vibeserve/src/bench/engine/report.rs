@@ -220,8 +220,8 @@ pub fn table(r: &EngineReport) -> String {
         m.caches.join(", ")
     );
     s += &format!(
-        "{:<22} {:>26} {:>26} {:>9}\n",
-        "tok/s: median (min-max)", "ours", "llama.cpp", "ours/l.c"
+        "{:<24} {:>24} {:>24} {:>15}\n",
+        "tok/s: median (min-max)", "ours", "llama.cpp", "ours/llama.cpp"
     );
     let cell = |x: Option<&Spread>| {
         x.map_or("-".into(), |x| {
@@ -245,7 +245,7 @@ pub fn table(r: &EngineReport) -> String {
     for (name, ours, theirs, ratio) in rows {
         let ratio = ratio.map_or("-".into(), |x| format!("{x:.2}x"));
         s += &format!(
-            "{name:<22} {:>26} {:>26} {ratio:>9}\n",
+            "{name:<24} {:>24} {:>24} {ratio:>15}\n",
             cell(Some(ours)),
             cell(theirs)
         );
