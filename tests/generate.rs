@@ -28,7 +28,12 @@ fn vibeserve(args: &[&str]) -> Output {
 
 /// Generates `target` into a fresh folder and returns the folder.
 fn generate_into(target: &str, dir: &Path) {
-    let out = vibeserve(&["generate", target, "--out", dir.to_str().expect("UTF-8 temp path")]);
+    let out = vibeserve(&[
+        "generate",
+        target,
+        "--out",
+        dir.to_str().expect("UTF-8 temp path"),
+    ]);
     assert!(
         out.status.success(),
         "generate {target} failed:\n{}",
@@ -96,7 +101,13 @@ fn generation_is_byte_identical_and_snapshotted() {
         // A second `generate` onto the same folder changes nothing, and --check agrees.
         generate_into(&target, a.path());
         assert_eq!(read_tree(a.path()), first);
-        let check = vibeserve(&["generate", &target, "--check", "--out", a.path().to_str().unwrap()]);
+        let check = vibeserve(&[
+            "generate",
+            &target,
+            "--check",
+            "--out",
+            a.path().to_str().unwrap(),
+        ]);
         assert!(check.status.success(), "--check after generate failed");
     }
 }
@@ -111,7 +122,13 @@ fn check_names_the_first_drifted_file() {
     std::fs::write(&main_rs, edited).unwrap();
     std::fs::write(dir.path().join("src/extra.rs"), "// not generated\n").unwrap();
 
-    let out = vibeserve(&["generate", "smollm2-cpu", "--check", "--out", dir.path().to_str().unwrap()]);
+    let out = vibeserve(&[
+        "generate",
+        "smollm2-cpu",
+        "--check",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not generated: src/extra.rs"), "{stderr}");
@@ -120,7 +137,13 @@ fn check_names_the_first_drifted_file() {
     // Generating again repairs the folder: the hand edit and the stray file are gone.
     generate_into("smollm2-cpu", dir.path());
     assert!(!dir.path().join("src/extra.rs").exists());
-    let check = vibeserve(&["generate", "smollm2-cpu", "--check", "--out", dir.path().to_str().unwrap()]);
+    let check = vibeserve(&[
+        "generate",
+        "smollm2-cpu",
+        "--check",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(check.status.success());
 }
 
@@ -128,10 +151,18 @@ fn check_names_the_first_drifted_file() {
 fn generate_refuses_a_folder_it_did_not_write() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
-    let out = vibeserve(&["generate", "smollm2-cpu", "--out", dir.path().to_str().unwrap()]);
+    let out = vibeserve(&[
+        "generate",
+        "smollm2-cpu",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
-    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
 }
 
 /// The template is built and tested in the workspace with the default target's round-0
@@ -148,8 +179,12 @@ fn template_plan_rs_is_the_default_targets_round0() {
         .skip_while(|l| l.is_empty())
         .map(|l| format!("{l}\n"))
         .collect();
-    let template = std::fs::read_to_string(repo_root().join("templates/server/src/plan.rs")).unwrap();
-    assert_eq!(body, template, "templates/server/src/plan.rs drifted from smollm2-cpu's round-0 plan");
+    let template =
+        std::fs::read_to_string(repo_root().join("templates/server/src/plan.rs")).unwrap();
+    assert_eq!(
+        body, template,
+        "templates/server/src/plan.rs drifted from smollm2-cpu's round-0 plan"
+    );
 }
 
 /// The generated crate builds on its own, offline, with its pinned lockfile. It is built
@@ -157,17 +192,30 @@ fn template_plan_rs_is_the_default_targets_round0() {
 #[test]
 fn generated_crate_builds() {
     let out = vibeserve(&["generate", "smollm2-cpu"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     let crate_dir = target_dir.join("vibeserve/smollm2-cpu/server");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--offline", "--locked", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--locked",
+            "--manifest-path",
+        ])
         .arg(crate_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir)
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "the generated smollm2-cpu crate does not build");
+    assert!(
+        status.success(),
+        "the generated smollm2-cpu crate does not build"
+    );
 }

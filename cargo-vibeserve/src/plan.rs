@@ -375,7 +375,11 @@ fn int_literal(x: u64) -> String {
 /// Formats an `f32` as a Rust literal that always has a decimal point.
 fn f32_literal(x: f32) -> String {
     let s = format!("{x:?}");
-    if s.contains(['.', 'e', 'E']) { s } else { format!("{s}.0") }
+    if s.contains(['.', 'e', 'E']) {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 impl Plan {
@@ -403,21 +407,48 @@ impl Plan {
                 self.device.kernel_variant.rust_path().to_string(),
             ),
             c("ACT_TILE", int_literal(self.kernels.act_tile as u64)),
-            c("MATMUL_ROW_CHUNK", int_literal(self.kernels.matmul_row_chunk as u64)),
+            c(
+                "MATMUL_ROW_CHUNK",
+                int_literal(self.kernels.matmul_row_chunk as u64),
+            ),
             c("POOL_SPIN", int_literal(self.kernels.pool_spin as u64)),
             c("KvElem", self.kv_cache.dtype.rust_type().to_string()),
-            c("MAX_BATCH_SEQS", int_literal(self.serving.max_batch_seqs as u64)),
-            c("MAX_BATCH_TOKENS", int_literal(self.serving.max_batch_tokens as u64)),
-            c("PREFILL_CHUNK", int_literal(self.serving.prefill_chunk as u64)),
+            c(
+                "MAX_BATCH_SEQS",
+                int_literal(self.serving.max_batch_seqs as u64),
+            ),
+            c(
+                "MAX_BATCH_TOKENS",
+                int_literal(self.serving.max_batch_tokens as u64),
+            ),
+            c(
+                "PREFILL_CHUNK",
+                int_literal(self.serving.prefill_chunk as u64),
+            ),
             c("MAX_QUEUE", int_literal(self.serving.max_queue as u64)),
-            c("KV_BLOCK_SIZE", int_literal(self.kv_cache.block_size as u64)),
+            c(
+                "KV_BLOCK_SIZE",
+                int_literal(self.kv_cache.block_size as u64),
+            ),
             c("KV_BLOCKS", int_literal(self.kv_cache.blocks as u64)),
             c("HTTP_THREADS", int_literal(self.http.threads as u64)),
-            c("MAX_BODY_BYTES", int_literal(self.http.max_body_bytes as u64)),
+            c(
+                "MAX_BODY_BYTES",
+                int_literal(self.http.max_body_bytes as u64),
+            ),
             c("RETRY_AFTER_SECS", int_literal(self.http.retry_after_secs)),
-            c("SSE_KEEP_ALIVE_SECS", int_literal(self.http.sse_keep_alive_secs)),
-            c("SHUTDOWN_GRACE_SECS", int_literal(self.http.shutdown_grace_secs)),
-            c("ENGINE_IDLE_TICK_MS", int_literal(self.http.engine_idle_tick_ms)),
+            c(
+                "SSE_KEEP_ALIVE_SECS",
+                int_literal(self.http.sse_keep_alive_secs),
+            ),
+            c(
+                "SHUTDOWN_GRACE_SECS",
+                int_literal(self.http.shutdown_grace_secs),
+            ),
+            c(
+                "ENGINE_IDLE_TICK_MS",
+                int_literal(self.http.engine_idle_tick_ms),
+            ),
         ]
     }
 
@@ -462,11 +493,15 @@ pub enum PlanError {
     #[error("Plan.toml is not a valid plan: {0}")]
     Parse(Box<toml::de::Error>),
     /// The model's architecture has no template.
-    #[error("the model's architecture is `{0}`; cargo-vibeserve generates servers for `llama` models")]
+    #[error(
+        "the model's architecture is `{0}`; cargo-vibeserve generates servers for `llama` models"
+    )]
     #[diagnostic(help("use a Llama-architecture model (Llama, SmolLM, Mistral-style GGUFs)"))]
     UnsupportedArch(String),
     /// `Plan.toml` was written by an incompatible version of the tool.
-    #[error("Plan.toml has schema version {found}; this cargo-vibeserve reads version {PLAN_VERSION}")]
+    #[error(
+        "Plan.toml has schema version {found}; this cargo-vibeserve reads version {PLAN_VERSION}"
+    )]
     #[diagnostic(help("regenerate the crate with `cargo vibeserve generate`"))]
     Version {
         /// The version found in the file.

@@ -108,7 +108,12 @@ pub fn fetch(target: &TargetArg) -> Result<(), PrepareError> {
     );
     println!(
         "shape      {} layers, d {}, ffn {}, {} heads / {} kv heads, head dim {}",
-        m.block_count, m.embedding_length, m.feed_forward_length, m.head_count, m.head_count_kv, m.head_dim
+        m.block_count,
+        m.embedding_length,
+        m.feed_forward_length,
+        m.head_count,
+        m.head_count_kv,
+        m.head_dim
     );
     println!(
         "vocab      {} tokens, context {}, rope base {}",

@@ -55,10 +55,11 @@ pub fn pin(files: &mut FileSet, target: &str) -> Result<(), GenerateError> {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         ));
     }
-    let pinned = std::fs::read(scratch.path().join("Cargo.lock")).map_err(|e| GenerateError::Io {
-        path: scratch.path().join("Cargo.lock"),
-        source: e,
-    })?;
+    let pinned =
+        std::fs::read(scratch.path().join("Cargo.lock")).map_err(|e| GenerateError::Io {
+            path: scratch.path().join("Cargo.lock"),
+            source: e,
+        })?;
     files.insert("Cargo.lock", pinned);
     Ok(())
 }
@@ -77,7 +78,9 @@ fn closure_lock(target: &str) -> Result<String, GenerateError> {
     let root = by_name
         .get(TEMPLATE_PACKAGE)
         .and_then(|v| v.first())
-        .ok_or_else(|| GenerateError::Template(format!("{TEMPLATE_PACKAGE} is not in Cargo.lock")))?;
+        .ok_or_else(|| {
+            GenerateError::Template(format!("{TEMPLATE_PACKAGE} is not in Cargo.lock"))
+        })?;
     let mut seen = BTreeSet::new();
     let mut queue = VecDeque::from([*root]);
     let mut kept = Vec::new();
@@ -110,7 +113,10 @@ fn closure_lock(target: &str) -> Result<String, GenerateError> {
         } else {
             p.name.clone()
         };
-        out.push_str(&format!("\n[[package]]\nname = \"{name}\"\nversion = \"{}\"\n", p.version));
+        out.push_str(&format!(
+            "\n[[package]]\nname = \"{name}\"\nversion = \"{}\"\n",
+            p.version
+        ));
         if let Some(source) = &p.source {
             out.push_str(&format!("source = \"{source}\"\n"));
         }

@@ -32,7 +32,10 @@ pub fn render(plan: &Plan, template: &Template) -> Result<FileSet, GenerateError
         };
         files.insert(path, bytes);
     }
-    files.insert(PLAN_RS, render_plan_rs(plan, template.text(PLAN_RS)?)?.into_bytes());
+    files.insert(
+        PLAN_RS,
+        render_plan_rs(plan, template.text(PLAN_RS)?)?.into_bytes(),
+    );
     files.insert("Plan.toml", plan_toml(plan).into_bytes());
     files.insert("Cargo.toml", cargo_toml(plan, &parts)?.into_bytes());
     Ok(files)
@@ -94,9 +97,9 @@ fn render_plan_rs(plan: &Plan, template_text: &str) -> Result<String, GenerateEr
     for line in template_text.lines() {
         match parse_const(line) {
             Some((prefix, name)) => {
-                let value = values
-                    .remove(name)
-                    .ok_or_else(|| GenerateError::PlanConst(format!("the plan has no value for `{name}`")))?;
+                let value = values.remove(name).ok_or_else(|| {
+                    GenerateError::PlanConst(format!("the plan has no value for `{name}`"))
+                })?;
                 out.push_str(&format!("{prefix} = {};\n", value.value));
             }
             None => {
