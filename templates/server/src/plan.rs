@@ -48,6 +48,9 @@ pub const ACT_TILE: usize = 4;
 /// to balance 2 threads on the 192-row k/v matrices, large enough that the
 /// atomic claim is noise next to the work.
 pub const MATMUL_ROW_CHUNK: usize = 32;
+/// Weight rows ahead of the current one that the AVX2 kernels prefetch
+/// (0: rely on the hardware prefetcher alone).
+pub const PREFETCH_ROWS: usize = 4;
 /// Spin-loop rounds a pool worker waits for the next job before parking
 /// (about a millisecond: covers the gaps inside a step, not between requests);
 /// the caller waiting on workers spins as long before it yields its core.
