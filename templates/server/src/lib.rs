@@ -3,6 +3,8 @@
 pub mod batch;
 /// `server bench`: one engine speed measurement as JSON, for `cargo vibeserve bench-engine`.
 pub mod bench;
+/// Chat messages → prompt text, by the model's Jinja chat template.
+pub mod chat_template;
 pub mod cli;
 /// The engine loop: one thread owns the model and runs batched steps.
 pub mod engine;
@@ -11,8 +13,6 @@ pub mod http;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;
-/// Chat messages → prompt text, by the model's Jinja chat template.
-pub mod chat_template;
 pub mod plan;
 /// Choosing each next token (penalties, filters, seeded draws) and stopping.
 pub mod sampler;
