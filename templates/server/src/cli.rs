@@ -2,11 +2,14 @@
 //! bodies live here or in their modules.
 
 use crate::batch::{Batch, BatchError};
-use crate::kernels::KernelError;
+use crate::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use crate::kernels::bench::{read_bandwidth, time_matrices};
+use crate::kernels::{KernelError, KernelVariant};
 use crate::kv_cache::{BlockPool, BlockTable, KvFull};
 use crate::model::{Llama, ModelError};
 use crate::plan::{KERNEL_VARIANT, PREFILL_CHUNK, THREADS, VOCAB_SIZE};
+use crate::sampler::{Detokenizer, SamplingArgs, SamplingError, SequenceSampler};
+use crate::tokenizer::{Tokenizer, TokenizerError, with_gguf_file};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,7 +27,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Greedy-decode a prompt and report prefill and decode speed.
+    /// Generate from a prompt (greedy unless sampling flags say otherwise), streaming
+    /// the text, and report prefill and decode speed.
     Generate(GenerateArgs),
     /// Time each matrix product of the model and the machine's read bandwidth.
     BenchKernels(BenchArgs),
@@ -40,8 +44,19 @@ pub struct GenerateArgs {
     /// The GGUF model file.
     #[arg(long)]
     pub model: PathBuf,
+    /// The prompt text, tokenized with the model's tokenizer (special tokens such as
+    /// `<|im_start|>` written in it are parsed).
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
+    pub prompt: Option<String>,
+    /// Send `--prompt` as a user message through the model's chat template.
+    #[arg(long, requires = "prompt")]
+    pub chat: bool,
     /// The prompt as comma-separated token ids.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     pub prompt_ids: Vec<u32>,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 128)]
@@ -49,6 +64,15 @@ pub struct GenerateArgs {
     /// Keep generating past the end-of-sequence token (for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Compute threads (default: the plan's `THREADS`).
+    #[arg(long, default_value_t = THREADS)]
+    pub threads: usize,
+    /// Kernel variant (default: the plan's `KERNEL_VARIANT`).
+    #[arg(long, value_enum, default_value_t = KernelChoice::Plan)]
+    pub kernel: KernelChoice,
+    /// How tokens are chosen.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 /// Arguments of `server bench-kernels`.
@@ -60,6 +84,40 @@ pub struct BenchArgs {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 50)]
     pub reps: usize,
+    /// Compute threads (default: the plan's `THREADS`).
+    #[arg(long, default_value_t = THREADS)]
+    pub threads: usize,
+    /// Kernel variant (default: the plan's `KERNEL_VARIANT`).
+    #[arg(long, value_enum, default_value_t = KernelChoice::Plan)]
+    pub kernel: KernelChoice,
+}
+
+/// A kernel variant chosen on the command line (for benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    /// The plan's `KERNEL_VARIANT`.
+    Plan,
+    /// The best this CPU supports.
+    Auto,
+    /// AVX-512 with VNNI.
+    Avx512Vnni,
+    /// AVX2 with FMA.
+    Avx2,
+    /// Plain Rust.
+    Portable,
+}
+
+impl KernelChoice {
+    /// The variant to ask the kernels for.
+    pub fn variant(self) -> KernelVariant {
+        match self {
+            Self::Plan => KERNEL_VARIANT,
+            Self::Auto => KernelVariant::Auto,
+            Self::Avx512Vnni => KernelVariant::Avx512Vnni,
+            Self::Avx2 => KernelVariant::Avx2,
+            Self::Portable => KernelVariant::Portable,
+        }
+    }
 }
 
 /// A failed command.
@@ -80,6 +138,15 @@ pub enum CliError {
     /// The HTTP server failed to start or stopped with an error.
     #[error(transparent)]
     Serve(#[from] crate::http::launch::ServeError),
+    /// The tokenizer could not be read from the model.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// The chat template is missing or failed on the prompt.
+    #[error(transparent)]
+    ChatTemplate(#[from] ChatTemplateError),
+    /// A sampling flag is out of range, or the logits had no finite value.
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
     /// Writing to stdout failed.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
@@ -95,13 +162,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// `server generate`: prefill in `PREFILL_CHUNK` pieces, then greedy decode.
+/// `server generate`: prefill in `PREFILL_CHUNK` pieces, then decode with the
+/// sampler, writing the text as it is produced.
 fn generate(args: &GenerateArgs) -> Result<(), CliError> {
-    let mut model = Llama::load(&args.model, KERNEL_VARIANT, THREADS)?;
-    let eos = model.eos_token();
+    let (tokenizer, prompt) = prompt_ids(args)?;
+    let params = args.sampling.to_params(args.ignore_eos).validate()?;
+    let mut sampler = SequenceSampler::new(params.clone(), &prompt);
+    let mut detokenizer = Detokenizer::new(&params, &tokenizer);
+    let mut model = Llama::load(&args.model, args.kernel.variant(), args.threads)?;
     let mut pool = BlockPool::new();
     let mut table = BlockTable::new();
-    let prompt = &args.prompt_ids;
+    let prompt = &prompt;
     table.reserve(&mut pool, prompt.len() + args.max_tokens)?;
     let mut logits = Vec::with_capacity(VOCAB_SIZE);
     let started = Instant::now();
@@ -116,12 +187,19 @@ fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
     let mut generated = 0;
+    let mut text = String::new();
     while generated < args.max_tokens {
-        let next = argmax(&logits);
-        write!(out, "{next} ")?;
-        out.flush()?;
+        let next = sampler.sample(&mut logits)?.id;
         generated += 1;
-        if (!args.ignore_eos && Some(next) == eos) || generated == args.max_tokens {
+        text.clear();
+        let stopped = detokenizer.push(&tokenizer, next, &mut text).is_some();
+        let done = stopped || generated == args.max_tokens;
+        if done && !stopped {
+            detokenizer.finish(&mut text);
+        }
+        write!(out, "{text}")?;
+        out.flush()?;
+        if done {
             break;
         }
         let mut batch = Batch::new();
@@ -141,6 +219,25 @@ fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The tokenizer, and the prompt's ids: `--prompt-ids` as given, or `--prompt`
+/// tokenized (with `--chat`, first rendered as a user turn by the chat template).
+fn prompt_ids(args: &GenerateArgs) -> Result<(Tokenizer, Vec<u32>), CliError> {
+    let (tokenizer, template) = with_gguf_file(&args.model, |gguf| {
+        let template = args.chat.then(|| ChatTemplate::from_gguf(gguf));
+        (Tokenizer::from_gguf(gguf), template)
+    })?;
+    let tokenizer = tokenizer?;
+    let ids = match (&args.prompt, template) {
+        (Some(text), Some(template)) => {
+            let turn = [ChatMessage::new("user", text.as_str())];
+            tokenizer.encode(&template?.render(&turn, true)?, true)?
+        }
+        (Some(text), None) => tokenizer.encode(text, true)?,
+        (None, _) => args.prompt_ids.clone(),
+    };
+    Ok((tokenizer, ids))
+}
+
 /// Index of the largest logit (the first on ties; NaN-safe).
 pub fn argmax(logits: &[f32]) -> u32 {
     let best = logits
@@ -153,7 +250,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// `server bench-kernels`: per-matrix GB/s at batch 1, the machine's read
 /// bandwidth over a weights-sized buffer, and the decode floor it implies.
 fn bench(args: &BenchArgs) -> Result<(), CliError> {
-    let model = Llama::load(&args.model, KERNEL_VARIANT, THREADS)?;
+    let model = Llama::load(&args.model, args.kernel.variant(), args.threads)?;
     let k = model.kernels();
     let mats = model.matrices();
     let timings = time_matrices(k, &mats, args.reps)?;
