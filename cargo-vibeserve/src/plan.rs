@@ -132,6 +132,8 @@ pub struct KernelsPlan {
     pub act_tile: usize,
     /// Output rows a thread claims at a time in a matrix product.
     pub matmul_row_chunk: usize,
+    /// Weight rows ahead of the current one that the kernels prefetch (0: none).
+    pub prefetch_rows: usize,
     /// Spin-loop rounds a pool worker waits for the next job before parking.
     pub pool_spin: usize,
 }
@@ -220,6 +222,7 @@ pub const DEFAULT_SERVING: ServingPlan = ServingPlan {
 pub const DEFAULT_KERNELS: KernelsPlan = KernelsPlan {
     act_tile: 4,
     matmul_row_chunk: 32,
+    prefetch_rows: 4,
     pool_spin: 20_000,
 };
 
@@ -411,6 +414,7 @@ impl Plan {
                 "MATMUL_ROW_CHUNK",
                 int_literal(self.kernels.matmul_row_chunk as u64),
             ),
+            c("PREFETCH_ROWS", int_literal(self.kernels.prefetch_rows as u64)),
             c("POOL_SPIN", int_literal(self.kernels.pool_spin as u64)),
             c("KvElem", self.kv_cache.dtype.rust_type().to_string()),
             c(
