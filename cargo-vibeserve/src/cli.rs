@@ -46,11 +46,21 @@ pub fn main() -> miette::Result<()> {
     match args.command {
         Command::Init(args) => exit_on_error(crate::manifest::init(&args), |e| e.exit_code()),
         Command::Check(args) => exit_on_error(crate::manifest::check(&args), |e| e.exit_code()),
-        Command::Fetch(target) => exit_on_error(crate::prepare::fetch(&target), |_| exit_code::FAILURE),
-        Command::Generate(args) => exit_on_error(crate::generate::command::run(&args), |_| exit_code::FAILURE),
+        Command::Fetch(target) => {
+            exit_on_error(crate::prepare::fetch(&target), |_| exit_code::FAILURE)
+        }
+        Command::Generate(args) => {
+            exit_on_error(crate::generate::command::run(&args), |_| exit_code::FAILURE)
+        }
         Command::Bench(args) => crate::bench::command::main(*args),
-        Command::BenchEngine(args) => exit_on_error(crate::bench::engine::run_command(&args), |_| exit_code::FAILURE),
-        Command::Skills(args) => exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE),
+        Command::BenchEngine(args) => {
+            exit_on_error(crate::bench::engine::run_command(&args), |_| {
+                exit_code::FAILURE
+            })
+        }
+        Command::Skills(args) => {
+            exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE)
+        }
         Command::Build(args) => exit_on_error(crate::build::run(&args), |_| exit_code::FAILURE),
         Command::Log(args) => exit_on_error(crate::log::run(&args), |_| exit_code::FAILURE),
     }

@@ -5,20 +5,20 @@
 
 /// The serving benchmark: load generator, metrics, reports, peers side by side.
 pub mod bench;
-/// The command line: clap types and the dispatch match.
-pub mod cli;
 /// `cargo vibeserve build`: the round loop, `--locked` and `--relock`, compiling a candidate.
 pub mod build;
+/// The command line: clap types and the dispatch match.
+pub mod cli;
 /// The Performance Evaluator: candidate against incumbent, interleaved, noise-aware.
 pub mod evaluate;
 /// Generation: a Plan in, a standalone server crate out.
 pub mod generate;
 /// The Accuracy Judge: the target's check plus anti-cheating probes.
 pub mod judge;
-/// `cargo vibeserve log`: the rounds as a table and an SVG chart.
-pub mod log;
 /// Serve.lock: the accepted rounds, digests and replay of the final plan.
 pub mod lock;
+/// `cargo vibeserve log`: the rounds as a table and an SVG chart.
+pub mod log;
 /// Serve.toml: schema, loading, validation, and the `init` and `check` commands.
 pub mod manifest;
 /// Model sources, the cache, digests and GGUF metadata.

@@ -414,7 +414,10 @@ impl Plan {
                 "MATMUL_ROW_CHUNK",
                 int_literal(self.kernels.matmul_row_chunk as u64),
             ),
-            c("PREFETCH_ROWS", int_literal(self.kernels.prefetch_rows as u64)),
+            c(
+                "PREFETCH_ROWS",
+                int_literal(self.kernels.prefetch_rows as u64),
+            ),
             c("POOL_SPIN", int_literal(self.kernels.pool_spin as u64)),
             c("KvElem", self.kv_cache.dtype.rust_type().to_string()),
             c(
