@@ -2,7 +2,7 @@
 //!
 //! The workspace's lockfile pins what the template is built and tested with. We take
 //! the closure of the generated crate's dependencies in it, write it beside the
-//! rendered crate in a scratch folder, and let `cargo metadata --offline` drop what
+//! rendered crate in a scratch folder, and let `cargo update --workspace` drop what
 //! the crate's features don't use. Cargo keeps every version it finds in a lockfile,
 //! so the result is pinned to the workspace's versions and depends only on the inputs.
 
@@ -44,12 +44,24 @@ pub fn pin(files: &mut FileSet, target: &str) -> Result<(), GenerateError> {
     let mut with_lock = files.clone();
     with_lock.insert("Cargo.lock", closure.into_bytes());
     with_lock.write_plain(scratch.path())?;
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["update", "--workspace", "--offline", "--quiet"])
-        .arg("--manifest-path")
-        .arg(scratch.path().join("Cargo.toml"))
-        .output()
-        .map_err(|e| GenerateError::Cargo(format!("cannot run cargo: {e}")))?;
+    // Offline first: the registry cache normally has the index entries already. On a
+    // machine that has built the tool but never the template, it may not: then ask the
+    // registry, which only reads index entries (`--workspace` keeps every other pin).
+    let update = |offline: bool| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["update", "--workspace", "--quiet"]);
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.arg("--manifest-path")
+            .arg(scratch.path().join("Cargo.toml"))
+            .output()
+            .map_err(|e| GenerateError::Cargo(format!("cannot run cargo: {e}")))
+    };
+    let mut output = update(true)?;
+    if !output.status.success() {
+        output = update(false)?;
+    }
     if !output.status.success() {
         return Err(GenerateError::Cargo(
             String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -218,9 +218,9 @@ pub enum GenerateError {
     #[diagnostic(help("install it with `rustup component add rustfmt`"))]
     Rustfmt(String),
     /// `cargo metadata` failed while pinning the lockfile.
-    #[error("cargo could not pin the generated crate's dependencies offline:\n{0}")]
+    #[error("cargo could not pin the generated crate's dependencies:\n{0}")]
     #[diagnostic(help(
-        "the registry cache lacks a pinned crate; run `cargo fetch` in the cargo-vibeserve workspace once with network"
+        "cargo needs the registry's index for the pinned crates once; check the network, or run `cargo fetch` in the cargo-vibeserve workspace"
     ))]
     Cargo(String),
     /// The output folder holds something that isn't a generated crate.
