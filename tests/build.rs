@@ -122,7 +122,6 @@ fn a_drifted_lock_fails_and_says_what_differs() {
 }
 
 #[test]
-#[ignore = "runs a full round 0 (compile, Judge, benchmark: minutes on 2 cores); run with `cargo test --release --test build -- --ignored`"]
 fn a_killed_search_resumes_without_recomputing_kept_rounds() {
     let dir = target_copy();
     let _ = std::fs::remove_file(dir.path().join("Serve.lock"));
