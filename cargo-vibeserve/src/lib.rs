@@ -3,6 +3,8 @@
 //! The modules follow the flow, and data moves one way through them:
 //! manifest → model → plan → generate → build → judge → bench → evaluate → search → state/lock.
 
+/// The LLM back end: Implementer, Judge reviewer, Evaluator and Orchestrator roles.
+pub mod agent;
 /// The serving benchmark: load generator, metrics, reports, peers side by side.
 pub mod bench;
 /// `cargo vibeserve build`: the round loop, `--locked` and `--relock`, compiling a candidate.

@@ -1,0 +1,212 @@
+//! The transport: chat completions with tool calling through `async-openai`, against
+//! any OpenAI-compatible base URL, retried with exponential backoff on 429, 5xx,
+//! timeouts, connection errors and unreadable bodies. Nothing here ever prints the key.
+
+use std::time::{Duration, Instant};
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletionResponse};
+
+/// Attempts per request: the first and up to this many minus one retries.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the first retry; it doubles each retry.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest one request may take (a hosted model answering a long turn).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// What stands in for the key wherever text might carry it.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Where and how to reach the model.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The base URL, ending in `/v1` for most servers.
+    pub base_url: String,
+    /// The API key (may be empty for local servers). Never written anywhere.
+    pub api_key: String,
+    /// The model name sent with each request.
+    pub model: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("base_url", &self.base_url)
+            .field("api_key", &REDACTED)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// A chat client with retries.
+pub struct ChatClient {
+    client: Client<OpenAIConfig>,
+    endpoint: Endpoint,
+    /// Per-request time limit.
+    pub timeout: Duration,
+    /// The wait before the first retry.
+    pub first_backoff: Duration,
+}
+
+/// One answered request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The response.
+    pub response: CreateChatCompletionResponse,
+    /// Retries it took.
+    pub retries: u32,
+    /// Wall time, retries included.
+    pub elapsed: Duration,
+}
+
+impl ChatClient {
+    /// A client for `endpoint`.
+    pub fn new(endpoint: Endpoint) -> ChatClient {
+        let config = OpenAIConfig::new()
+            .with_api_base(endpoint.base_url.trim_end_matches('/'))
+            .with_api_key(endpoint.api_key.clone());
+        ChatClient {
+            client: Client::with_config(config),
+            endpoint,
+            timeout: REQUEST_TIMEOUT,
+            first_backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// The model name.
+    pub fn model(&self) -> &str {
+        &self.endpoint.model
+    }
+
+    /// `text` with the key replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.endpoint.api_key)
+    }
+
+    /// Sends `request`, retrying transient failures, within `deadline` if given.
+    pub async fn chat(
+        &self,
+        request: &CreateChatCompletionRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Answer, ClientError> {
+        let start = Instant::now();
+        let mut backoff = self.first_backoff;
+        let mut last = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(ClientError::Deadline { last });
+            }
+            let limit = left.map_or(self.timeout, |l| l.min(self.timeout));
+            let chat = self.client.chat();
+            let failure = match tokio::time::timeout(limit, chat.create(request.clone())).await {
+                Ok(Ok(response)) => {
+                    return Ok(Answer {
+                        response,
+                        retries: attempt,
+                        elapsed: start.elapsed(),
+                    });
+                }
+                Ok(Err(e)) => match classify(&e) {
+                    Failure::Fatal => {
+                        return Err(ClientError::Fatal(self.redact(&e.to_string())));
+                    }
+                    Failure::Transient => self.redact(&e.to_string()),
+                },
+                Err(_) => format!("no answer within {limit:?}"),
+            };
+            eprintln!(
+                "  agent: request failed ({failure}); attempt {} of {MAX_ATTEMPTS}",
+                attempt + 1
+            );
+            last = failure;
+            if attempt + 1 < MAX_ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        Err(ClientError::GaveUp {
+            attempts: MAX_ATTEMPTS,
+            last,
+        })
+    }
+}
+
+/// `text` with every occurrence of `key` replaced by [`REDACTED`] (nothing for an empty key).
+pub fn redact(text: &str, key: &str) -> String {
+    if key.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(key, REDACTED)
+    }
+}
+
+enum Failure {
+    Transient,
+    Fatal,
+}
+
+/// 429, 5xx, transport errors and unreadable bodies are worth a retry; other API errors
+/// (400, 401, 404: a wrong model, key or URL) are not.
+fn classify(e: &OpenAIError) -> Failure {
+    match e {
+        OpenAIError::ApiError(api) => {
+            let status = api.status_code;
+            if status.as_u16() == 429 || status.is_server_error() {
+                Failure::Transient
+            } else {
+                Failure::Fatal
+            }
+        }
+        OpenAIError::Reqwest(_)
+        | OpenAIError::JSONDeserialize(..)
+        | OpenAIError::StreamError(_) => Failure::Transient,
+        _ => Failure::Fatal,
+    }
+}
+
+/// Why the model could not be reached. Messages never hold the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum ClientError {
+    /// A failure a retry cannot fix.
+    #[error("the endpoint refused the request: {0}")]
+    #[diagnostic(help("check the [agent] model name, the base URL and the key"))]
+    Fatal(String),
+    /// Every attempt failed.
+    #[error("the endpoint failed {attempts} times; last: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The round's time ran out.
+    #[error("the round's time budget ran out waiting for the endpoint{}", if last.is_empty() { String::new() } else { format!(" (last: {last})") })]
+    Deadline {
+        /// The last failure, if any.
+        last: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_redacted_and_an_empty_key_changes_nothing() {
+        assert_eq!(
+            redact("Bearer sk-123 failed", "sk-123"),
+            "Bearer [REDACTED] failed"
+        );
+        assert_eq!(redact("text", ""), "text");
+        let e = Endpoint {
+            base_url: "http://x".into(),
+            api_key: "sk-secret".into(),
+            model: "m".into(),
+        };
+        assert!(!format!("{e:?}").contains("sk-secret"));
+    }
+}
