@@ -7,6 +7,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
+use crate::agent::{Role, Transcript, Usage};
 use crate::generate::write_atomic;
 use crate::manifest::TargetArg;
 use crate::search::Verdict;
@@ -43,6 +46,10 @@ pub fn run(args: &LogArgs) -> Result<(), LogError> {
     let attempts = State::open(&state_path)?.attempts()?;
     let objective = manifest.benchmark.objective.to_string();
     print!("{}", table(&attempts, &objective));
+    let transcripts = Transcript::read_all(&work);
+    if !transcripts.is_empty() {
+        print!("\n{}", agent_table(&transcripts));
+    }
     let chart = work.join(CHART_FILE);
     write_atomic(&chart, svg(&attempts, &objective).as_bytes())?;
     println!("chart: {}", chart.display());
@@ -79,6 +86,44 @@ pub fn table(attempts: &[StoredAttempt], objective: &str) -> String {
         );
         if r.verdict.is_kept() {
             best = r.objective.or(best);
+        }
+    }
+    out
+}
+
+/// The LLM back end's figures: each role's calls, retries, tool calls, tokens and time
+/// per round and in total, then why each rejected LLM round was rejected.
+pub fn agent_table(transcripts: &[Transcript]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<13} {:>5} {:>7} {:>6} {:>10} {:>10} {:>8}\n",
+        "round", "role", "calls", "retries", "tools", "prompt tok", "compl tok", "time s"
+    );
+    let line = |out: &mut String, round: &str, role: Role, u: &Usage| {
+        let _ = writeln!(
+            out,
+            "{round:>5}  {:<13} {:>5} {:>7} {:>6} {:>10} {:>10} {:>8.1}",
+            role.as_str(),
+            u.calls,
+            u.retries,
+            u.tool_calls,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.seconds
+        );
+    };
+    let mut total: BTreeMap<Role, Usage> = BTreeMap::new();
+    for t in transcripts {
+        for (role, usage) in t.per_role() {
+            line(&mut out, &t.round.to_string(), role, &usage);
+            total.entry(role).or_default().add(&usage);
+        }
+    }
+    for (role, usage) in &total {
+        line(&mut out, "total", *role, usage);
+    }
+    for t in transcripts {
+        if let (Some(verdict), Some(reason)) = (&t.verdict, &t.reason) {
+            let _ = writeln!(out, "round {}: {verdict}: {reason}", t.round);
         }
     }
     out

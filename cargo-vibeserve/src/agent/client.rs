@@ -1,6 +1,9 @@
 //! The transport: chat completions with tool calling through `async-openai`, against
-//! any OpenAI-compatible base URL, retried with exponential backoff on 429, 5xx,
-//! timeouts, connection errors and unreadable bodies. Nothing here ever prints the key.
+//! any OpenAI-compatible base URL. async-openai's own layer retries 429 and 5xx answers
+//! (3 retries, exponential backoff, `Retry-After` honoured); this loop adds a time limit
+//! per request and retries, with exponential backoff, what that layer passes on: stalls,
+//! connection errors, unreadable bodies and 429/5xx it gave up on — [`MAX_ATTEMPTS`] in
+//! all, then an error. Nothing here ever prints the key.
 
 use std::time::{Duration, Instant};
 

@@ -6,10 +6,14 @@
 //! whole set, so `build --locked` rebuilds an LLM round from the patch alone.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use diffy::patch_set::{FileOperation, ParseOptions, PatchSet};
 
 use crate::generate::FileSet;
+use crate::lock::PatchRef;
 
 /// Lines of context around each change: what `git diff` writes.
 const CONTEXT_LINES: usize = 3;
@@ -103,6 +107,31 @@ pub fn apply(files: &FileSet, patch: &str) -> Result<FileSet, PatchError> {
     Ok(set)
 }
 
+/// `files` with the locked patches applied in order: each read from `dir` (the
+/// Serve.toml's folder) and checked against its recorded sha256 first.
+pub fn apply_locked(
+    files: FileSet,
+    patches: &[PatchRef],
+    dir: &Path,
+) -> Result<FileSet, PatchError> {
+    let mut files = files;
+    for p in patches {
+        let text = std::fs::read(dir.join(&p.path))
+            .map_err(|e| PatchError::Read(format!("{}: {e}", p.path)))?;
+        let found = hex::encode(Sha256::digest(&text));
+        if found != p.sha256 {
+            return Err(PatchError::Digest {
+                path: p.path.clone(),
+                locked: p.sha256.clone(),
+                found,
+            });
+        }
+        let text = String::from_utf8(text).map_err(|_| PatchError::Binary(p.path.clone()))?;
+        files = apply(&files, &text)?;
+    }
+    Ok(files)
+}
+
 /// A patch path without its `a/` or `b/` prefix.
 fn strip(path: &str) -> String {
     path.strip_prefix("a/")
@@ -123,6 +152,19 @@ pub enum PatchError {
     /// The patch changes a file the tree does not have.
     #[error("the patch changes {0}, which does not exist")]
     Missing(String),
+    /// A locked patch file cannot be read.
+    #[error("cannot read the patch {0}")]
+    Read(String),
+    /// A locked patch file differs from the one the lock recorded.
+    #[error("{path} has sha256 {found}, Serve.lock records {locked}")]
+    Digest {
+        /// The patch file.
+        path: String,
+        /// The recorded digest.
+        locked: String,
+        /// Today's digest.
+        found: String,
+    },
     /// A hunk does not match the file.
     #[error("the patch does not apply to {path}: {message}")]
     Apply {

@@ -99,6 +99,12 @@ pub struct Transcript {
     pub commit: Option<String>,
     /// The model name.
     pub model: String,
+    /// The attempt's verdict, once known.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// Why it was rejected, when a probe, the reviewer or a budget said so.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// The conversations, in the order they ran.
     pub conversations: Vec<Conversation>,
 }

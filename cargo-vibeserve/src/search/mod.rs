@@ -57,10 +57,12 @@ pub enum Verdict {
     RejectedConstraint,
     /// The round ran out of time or tokens before a verdict.
     BudgetExhausted,
+    /// The LLM agent ended without a change to try: the endpoint failed, or it made none.
+    AgentFailed,
 }
 
 /// Every verdict, for parsing and listings.
-pub const VERDICTS: [Verdict; 7] = [
+pub const VERDICTS: [Verdict; 8] = [
     Verdict::Baseline,
     Verdict::Accepted,
     Verdict::RejectedBuild,
@@ -68,6 +70,7 @@ pub const VERDICTS: [Verdict; 7] = [
     Verdict::RejectedRegression,
     Verdict::RejectedConstraint,
     Verdict::BudgetExhausted,
+    Verdict::AgentFailed,
 ];
 
 impl Verdict {
@@ -81,6 +84,7 @@ impl Verdict {
             Verdict::RejectedRegression => "rejected-regression",
             Verdict::RejectedConstraint => "rejected-constraint",
             Verdict::BudgetExhausted => "budget-exhausted",
+            Verdict::AgentFailed => "agent-failed",
         }
     }
 
@@ -262,7 +266,8 @@ pub fn policy(
     match kind {
         crate::manifest::Policy::Backlog => Ok(Box::new(Backlog::new(candidates))),
         crate::manifest::Policy::Evolutionary => Ok(Box::new(Evolutionary::new(candidates, seed))),
-        crate::manifest::Policy::Llm => Err(SearchError::NotBuiltin(kind.as_str())),
+        // The Orchestrator picks each task itself; the backlog is what it falls back on.
+        crate::manifest::Policy::Llm => Ok(Box::new(Backlog::new(candidates))),
     }
 }
 
