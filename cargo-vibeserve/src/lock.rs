@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::generate::{GenerateError, Template, write_atomic};
+use crate::generate::{FileSet, GenerateError, Template, write_atomic};
 use crate::plan::Plan;
 use crate::search::Verdict;
 use crate::skills::{Change, ChangeError, change};
@@ -50,6 +50,10 @@ pub struct Lock {
     pub rounds: Vec<LockedRound>,
     /// The final crate's tree digest (`FileSet::tree_digest`).
     pub tree: String,
+    /// sha256 of each file of the final crate, by path: lets `build --locked` on a clean
+    /// clone (with no state repository) name the first file that drifted.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// One accepted round.
@@ -127,11 +131,11 @@ pub fn template_digest() -> Result<String, GenerateError> {
 
 impl Lock {
     /// A lock with no rounds yet: this tool and its template, the model's digest, and
-    /// round 0's plan and crate tree digest.
+    /// round 0's plan and crate.
     pub fn new(
         model_sha256: &str,
         round0: &Plan,
-        round0_tree: &str,
+        round0_files: &FileSet,
     ) -> Result<Lock, GenerateError> {
         Ok(Lock {
             version: LOCK_VERSION,
@@ -141,14 +145,16 @@ impl Lock {
             model: model_sha256.to_string(),
             round0_plan: round0.digest().to_string(),
             rounds: Vec::new(),
-            tree: round0_tree.to_string(),
+            tree: round0_files.tree_digest(),
+            files: file_digests(round0_files),
         })
     }
 
-    /// Records an accepted round and the tree digest of its crate.
-    pub fn accept(&mut self, round: LockedRound, tree: &str) {
+    /// Records an accepted round and the digests of its crate.
+    pub fn accept(&mut self, round: LockedRound, files: &FileSet) {
         self.rounds.push(round);
-        self.tree = tree.to_string();
+        self.tree = files.tree_digest();
+        self.files = file_digests(files);
     }
 
     /// Serve.lock's text. Deterministic.
@@ -186,6 +192,15 @@ impl Lock {
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
         write_atomic(path, self.to_toml().as_bytes()).map_err(LockError::Write)
     }
+}
+
+/// Each file's sha256 by path, as Serve.lock records them.
+pub fn file_digests(files: &FileSet) -> BTreeMap<String, String> {
+    files
+        .digests()
+        .into_iter()
+        .map(|(path, digest)| (path.to_string(), digest))
+        .collect()
 }
 
 /// The final plan and the patches to apply on top of its crate, in round order.

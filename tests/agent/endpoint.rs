@@ -15,6 +15,10 @@ pub enum Reply {
     /// A status and a JSON body.
     Json(u16, Value),
     /// Say nothing for this long (a stalled server).
+    #[allow(
+        dead_code,
+        reason = "each test binary that includes this file uses part of it"
+    )]
     Stall(Duration),
 }
 

@@ -11,6 +11,10 @@ use super::client::{ChatClient, ClientError};
 use super::tools::{ToolResult, Toolbox, specs};
 use super::transcript::{Conversation, Role, Usage};
 
+/// Most tokens one answer may take (less when the round's token budget has less left):
+/// a runaway answer cannot spend the whole round at once.
+pub const MAX_ANSWER_TOKENS: u32 = 16_384;
+
 /// What a round may spend on the agent, from `[agent]`.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -80,7 +84,11 @@ async fn turns(
                 budget.tokens, budget.max_tokens
             ));
         }
-        let request = match request(client.model(), &conv.messages, tools.is_some()) {
+        let left = budget.max_tokens - budget.tokens;
+        let cap = u32::try_from(left)
+            .unwrap_or(u32::MAX)
+            .min(MAX_ANSWER_TOKENS);
+        let request = match request(client.model(), &conv.messages, tools.is_some(), cap) {
             Ok(r) => r,
             Err(e) => return End::Failed(ClientError::Fatal(e)),
         };
@@ -149,8 +157,10 @@ fn request(
     model: &str,
     messages: &[Value],
     with_tools: bool,
+    max_answer_tokens: u32,
 ) -> Result<CreateChatCompletionRequest, String> {
-    let mut body = json!({"model": model, "messages": messages});
+    let mut body = json!({"model": model, "messages": messages,
+                          "max_completion_tokens": max_answer_tokens});
     if with_tools {
         body["tools"] = Value::Array(specs());
     }

@@ -7,7 +7,7 @@ use super::{BuildError, best_bin, compile, step};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
-use crate::lock::{Lock, lock_path, replay, template_digest};
+use crate::lock::{Lock, PatchRef, lock_path, replay, template_digest};
 use crate::manifest::Device;
 use crate::plan::Plan;
 use crate::prepare::Prepared;
@@ -32,6 +32,7 @@ pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildEr
     }
     let replayed = replay(&lock, &round0)?;
     let files = step("regenerate", || generate(&replayed.plan))?;
+    let files = with_patches(files, &replayed.patches, &manifest.dir)?;
     check_tree(prepared, work, &lock, &files)?;
     finish(prepared, work, &files)?;
     println!(
@@ -55,11 +56,19 @@ fn relock_run(
 ) -> Result<(), BuildError> {
     let mut plan = round0.clone();
     let mut new = Lock::new(sha, round0, &generate(round0)?.tree_digest())?;
+    let dir = &prepared.manifest.dir;
+    let mut patches = Vec::new();
     for round in &lock.rounds {
         plan = change::apply_all(&plan, &round.changes)?;
-        new.accept(round.clone(), &generate(&plan)?.tree_digest());
+        patches.extend(round.patch.clone());
+        let files = with_patches(generate(&plan)?, &patches, dir)?;
+        new.accept(round.clone(), &files.tree_digest());
     }
-    finish(prepared, work, &generate(&plan)?)?;
+    finish(
+        prepared,
+        work,
+        &with_patches(generate(&plan)?, &patches, dir)?,
+    )?;
     new.write(&lock_path(&prepared.manifest.path))?;
     println!(
         "{}: Serve.lock rewritten ({} rounds, tree {})",
@@ -68,6 +77,18 @@ fn relock_run(
         short(&new.tree)
     );
     Ok(())
+}
+
+/// `files` with the LLM rounds' locked patches applied, each checked against its digest.
+fn with_patches(files: FileSet, patches: &[PatchRef], dir: &Path) -> Result<FileSet, BuildError> {
+    crate::agent::patch::apply_locked(files, patches, dir).map_err(|e| BuildError::Patch {
+        path: patches
+            .iter()
+            .map(|p| p.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        message: e.to_string(),
+    })
 }
 
 /// Fails with the first differing file when `files` is not the locked tree. The locked

@@ -46,6 +46,13 @@ pub struct BuildArgs {
     /// `<target dir>/vibeserve/<target>/`).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Who implements each round (default: `[search] agent`). `openai` reads the
+    /// endpoint from `[agent]`'s environment variables.
+    #[arg(long, value_enum)]
+    pub agent: Option<crate::manifest::AgentKind>,
+    /// The model name for `--agent openai` when Serve.toml has no `[agent]` table.
+    #[arg(long)]
+    pub agent_model: Option<String>,
 }
 
 /// Runs `cargo vibeserve build`.
@@ -60,10 +67,38 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
         locked::run(&prepared, &work, args.relock)
     } else {
         let rounds = args.rounds.unwrap_or(prepared.manifest.search.rounds);
-        rounds::run(&prepared, &work, rounds)
+        let agent = agent_config(&prepared.manifest, args)?;
+        rounds::run(&prepared, &work, rounds, agent.as_ref())
     };
     eprintln!("build finished in {:.0?}", started.elapsed());
     outcome
+}
+
+/// The `[agent]` settings when the LLM back end implements the rounds: Serve.toml's,
+/// or its defaults with `--agent-model` when `--agent openai` overrides a builtin target.
+fn agent_config(
+    manifest: &crate::manifest::Manifest,
+    args: &BuildArgs,
+) -> Result<Option<crate::manifest::Agent>, BuildError> {
+    use crate::manifest::{AgentKind, defaults};
+    if args.agent.unwrap_or(manifest.search.agent) == AgentKind::Builtin {
+        return Ok(None);
+    }
+    let mut agent = manifest.agent.clone().unwrap_or(crate::manifest::Agent {
+        model: String::new(),
+        base_url_env: defaults::BASE_URL_ENV.into(),
+        api_key_env: defaults::API_KEY_ENV.into(),
+        max_tool_calls: defaults::MAX_TOOL_CALLS,
+        max_tokens: defaults::MAX_TOKENS,
+        max_minutes: defaults::MAX_MINUTES,
+    });
+    if let Some(model) = &args.agent_model {
+        agent.model = model.clone();
+    }
+    if agent.model.is_empty() {
+        return Err(BuildError::NoAgentModel);
+    }
+    Ok(Some(agent))
 }
 
 /// The final server's place: `<target dir>/vibeserve/<target>/best/server`.
@@ -186,6 +221,23 @@ pub enum BuildError {
         locked: String,
         /// Today.
         found: String,
+    },
+    /// `--agent openai` with no model named.
+    #[error("`--agent openai` needs a model name")]
+    #[diagnostic(help("add [agent] with `model = \"…\"` to Serve.toml, or pass --agent-model NAME"))]
+    NoAgentModel,
+    /// The LLM back end could not start.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// A recorded patch is missing, altered, or no longer applies.
+    #[error("patch {path}: {message}")]
+    #[diagnostic(help("the crate it was made on changed; rerun the round, or `--relock`"))]
+    Patch {
+        /// The patch file.
+        path: String,
+        /// What is wrong.
+        message: String,
     },
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]

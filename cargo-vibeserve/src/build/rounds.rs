@@ -20,11 +20,21 @@ use crate::search::{self, Attempt, Hints, History, Task, Verdict};
 use crate::skills::{Facts, Library};
 use crate::state::{AttemptRecord, State};
 
+/// The LLM back end's rounds: the Implementer's patch, the reviewer, the Evaluator's notes.
+mod llm;
+
 /// The last hints, beside the state repository.
 const HINTS_FILE: &str = "hints.json";
 
-/// A candidate's verdict, objective, metrics, and the Evaluator's hints if it measured.
-type Outcome = (Verdict, Option<f64>, BTreeMap<String, f64>, Option<Hints>);
+/// A candidate's verdict, objective, metrics, the Evaluator's hints if it measured, and
+/// why it was rejected, if it was.
+type Outcome = (
+    Verdict,
+    Option<f64>,
+    BTreeMap<String, f64>,
+    Option<Hints>,
+    Option<String>,
+);
 
 /// One search run's fixed parts.
 struct Search<'a> {
@@ -34,10 +44,18 @@ struct Search<'a> {
     evaluator: Evaluator,
     judge: Judge,
     target_dir: PathBuf,
+    /// The LLM back end, when it implements the rounds.
+    llm: Option<llm::Llm>,
 }
 
-/// Runs the search up to round `rounds`, resuming whatever the state records.
-pub fn run(prepared: &Prepared, work: &Path, rounds: u32) -> Result<(), BuildError> {
+/// Runs the search up to round `rounds`, resuming whatever the state records; `agent`
+/// is `[agent]` when the LLM back end implements the rounds.
+pub fn run(
+    prepared: &Prepared,
+    work: &Path,
+    rounds: u32,
+    agent: Option<&crate::manifest::Agent>,
+) -> Result<(), BuildError> {
     let manifest = &prepared.manifest;
     let state = State::open(&work.join("state.git"))?;
     let direction = manifest.benchmark.objective.direction;
@@ -56,6 +74,7 @@ pub fn run(prepared: &Prepared, work: &Path, rounds: u32) -> Result<(), BuildErr
         evaluator: Evaluator::new(manifest, &prepared.model_path)?,
         judge,
         target_dir: compile::target_dir(&prepared.vibeserve_dir),
+        llm: None,
     };
     let mut history = match s.state.history(direction)? {
         Some(h) => {
@@ -77,13 +96,20 @@ pub fn run(prepared: &Prepared, work: &Path, rounds: u32) -> Result<(), BuildErr
         &facts,
         manifest.search.seed,
     )?;
+    if let Some(config) = agent {
+        s.llm = Some(llm::Llm::new(prepared, config, library, &facts)?);
+    }
     let mut hints = s.read_hints();
     while history.next_round() <= rounds {
-        let Some(task) = policy.next(&history, &hints) else {
+        let (task, transcript) = s.next_task(&history, &hints, policy.as_mut());
+        let Some(task) = task else {
             eprintln!("the {} policy has nothing left to try", policy.name());
             break;
         };
-        let (attempt, new_hints) = s.round(&history, task)?;
+        let (attempt, new_hints) = match transcript {
+            Some(transcript) => s.llm_round(&history, task, transcript)?,
+            None => s.round(&history, task)?,
+        };
         if let Some(h) = new_hints {
             hints = h;
             s.write_hints(&hints)?;
@@ -146,8 +172,9 @@ impl Search<'_> {
             task.label,
             plan.digest()
         );
-        let files = generate(&plan)?;
-        let (verdict, objective, metrics, hints) = self.try_candidate(&files, round, best.round)?;
+        let files = self.crate_files(&plan, history, round)?;
+        let (verdict, objective, metrics, hints, _) =
+            self.try_candidate(&files, round, best.round, &mut || None)?;
         let record = AttemptRecord::new(round, Some(&task), &plan, verdict, objective, metrics);
         self.state.record(&record, &files)?;
         let change = match (objective, best.objective) {
@@ -176,26 +203,40 @@ impl Search<'_> {
         Ok((attempt, hints))
     }
 
-    /// Compile, judge, measure: the verdict, objective, metrics and hints.
+    /// Compile, judge, review (`review` gives a reason to reject, after the probes
+    /// pass), measure: the verdict, objective, metrics, hints and rejection reason.
     fn try_candidate(
         &mut self,
         files: &FileSet,
         round: u32,
         best_round: u32,
+        review: &mut dyn FnMut() -> Option<String>,
     ) -> Result<Outcome, BuildError> {
         let none = BTreeMap::new();
         let bin = match step("compile", || self.compile(files, round)) {
             Ok(bin) => bin,
             Err(BuildError::Compile(e)) => {
                 eprintln!("  rejected: {e}");
-                return Ok((Verdict::RejectedBuild, None, none, None));
+                return Ok((
+                    Verdict::RejectedBuild,
+                    None,
+                    none,
+                    None,
+                    Some(e.to_string()),
+                ));
             }
             Err(e) => return Err(e),
         };
         let judgement = step("judge", || self.judge.judge(&Candidate::binary(&bin)))?;
         if !judgement.passed() {
-            eprintln!("  judge: {}", judgement.reasons());
-            return Ok((Verdict::RejectedJudge, None, none, None));
+            let reasons = judgement.reasons();
+            eprintln!("  judge: {reasons}");
+            return Ok((Verdict::RejectedJudge, None, none, None, Some(reasons)));
+        }
+        if let Some(reason) = review() {
+            eprintln!("  review: {reason}");
+            let reason = format!("review: {reason}");
+            return Ok((Verdict::RejectedJudge, None, none, None, Some(reason)));
         }
         let incumbent = round_bin(self.work, best_round);
         let eval = step("benchmark", || self.evaluator.compare(&bin, &incumbent))?;
@@ -208,7 +249,8 @@ impl Search<'_> {
         let objective = median(&eval.candidate.objective(&metric));
         let mut metrics = key_metrics(&eval.candidate.medians(), &metric);
         metrics.insert("ratio_vs_best".into(), eval.ratio);
-        Ok((verdict, objective, metrics, Some(eval.hints)))
+        let reason = (verdict != Verdict::Accepted).then(|| eval.summary(&metric));
+        Ok((verdict, objective, metrics, Some(eval.hints), reason))
     }
 
     fn compile(&self, files: &FileSet, round: u32) -> Result<PathBuf, BuildError> {
@@ -233,7 +275,7 @@ impl Search<'_> {
             .map(|a| a.plan.clone())
             .expect("the round is in the history");
         step(&format!("rebuild round {round}'s server"), || {
-            self.compile(&generate(&plan)?, round)
+            self.compile(&self.crate_files(&plan, history, round + 1)?, round)
         })?;
         Ok(())
     }
@@ -286,10 +328,11 @@ impl Search<'_> {
                 label: task.label,
                 verdict: a.verdict,
                 changes: task.changes,
-                patch: None,
+                patch: self.lock_patch(a.round)?,
                 metrics,
             };
-            lock.accept(round, &generate(&a.plan)?.tree_digest());
+            let files = self.crate_files(&a.plan, history, a.round + 1)?;
+            lock.accept(round, &files.tree_digest());
         }
         Ok(lock.write(&lock_path(&manifest.path))?)
     }

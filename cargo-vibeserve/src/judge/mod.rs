@@ -3,8 +3,8 @@
 //! It starts the candidate on a free loopback port and runs, in order:
 //! 1. the target's accuracy command (`[accuracy] command`, `{url}` substituted, run in
 //!    the manifest's folder; exit 0 is a pass, anything else a failure);
-//! 2. **held-back prompts**: the held-out golden file's prompts (`heldout.jsonl` beside
-//!    the golden file; they appear nowhere in the workload), teacher-forced: the
+//! 2. **held-back prompts**: the held-out golden file's prompts (`[accuracy] heldout`,
+//!    by default `heldout.jsonl` beside the golden file; they appear nowhere in the workload), teacher-forced: the
 //!    reference continuation's logprobs must match the reference engine's within the
 //!    accuracy gate's tolerance. Not the target's command: its free-running greedy floor
 //!    (>= 40% of prompts identical for 16 tokens) is too coarse on 8 prompts, where one
@@ -49,8 +49,6 @@ pub const MAX_REFERENCE_DELTA: f64 = 0.1;
 /// Most mean |Δ logprob| of a held-out prompt's continuation against the golden
 /// reference (llama.cpp): check.py's calibrated gate over all positions.
 pub const MAX_HELDOUT_DELTA: f64 = 0.05;
-/// The held-out golden file's name, beside the golden file.
-pub const HELDOUT_FILE: &str = "heldout.jsonl";
 
 /// A server to judge: a program and the arguments before its `serve …` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,8 +247,8 @@ impl Judge {
     }
 
     fn heldout_path(&self) -> PathBuf {
-        let golden = self.manifest.accuracy.as_ref().map(|a| a.golden.clone());
-        golden.unwrap_or_default().with_file_name(HELDOUT_FILE)
+        let heldout = self.manifest.accuracy.as_ref().map(|a| a.heldout.clone());
+        heldout.unwrap_or_default()
     }
 
     fn reference_scores(&mut self) -> Result<Vec<Vec<f64>>, JudgeError> {

@@ -150,6 +150,10 @@ pub struct RawAccuracy {
     pub command: Spanned<Vec<Spanned<String>>>,
     /// The reference answers the check compares against, relative to the Serve.toml.
     pub golden: Spanned<String>,
+    /// Held-back prompts with reference answers (the golden file's format), relative to
+    /// the Serve.toml: the Judge scores every candidate on them, and neither the workload
+    /// nor an agent ever sees them. Default: `heldout.jsonl` beside the golden file.
+    pub heldout: Option<Spanned<String>>,
 }
 
 /// `[search]`.

@@ -9,7 +9,9 @@ use toml::Spanned;
 use super::error::{Problem, ProblemKind};
 use super::metric::{ExprError, parse_constraint, parse_objective};
 use super::schema::{RawAccuracy, RawArrival, RawBenchmark, RawWorkload};
-use super::types::{Accuracy, Arrival, Benchmark, URL_PLACEHOLDER, Workload, defaults};
+use super::types::{
+    Accuracy, Arrival, Benchmark, DEFAULT_HELDOUT, URL_PLACEHOLDER, Workload, defaults,
+};
 use super::validate::Ctx;
 
 /// The two forms of `workload.arrival`, for help lines.
@@ -256,9 +258,14 @@ pub(crate) fn accuracy(raw: &RawAccuracy, cx: &mut Ctx) -> Option<Accuracy> {
         }
     }
     let golden = cx.existing(&raw.golden, "accuracy.golden", false);
+    let heldout = match &raw.heldout {
+        Some(rel) => cx.existing(rel, "accuracy.heldout", true),
+        None => golden.as_ref().map(|g| g.with_file_name(DEFAULT_HELDOUT)),
+    };
     Some(Accuracy {
         command: command.iter().map(|a| a.get_ref().clone()).collect(),
         golden: golden.filter(|_| ok)?,
+        heldout: heldout?,
     })
 }
 
