@@ -1,13 +1,14 @@
 //! `build --locked` (no search: replay Serve.lock, verify the tree, compile, judge) and
 //! `build --relock` (replay the locked rounds on today's templates, re-judge, rewrite).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{BuildError, best_bin, compile, step};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
-use crate::lock::{Lock, PatchRef, lock_path, replay, template_digest};
+use crate::lock::{Lock, PatchRef, file_digests, lock_path, replay, template_digest};
 use crate::manifest::Device;
 use crate::plan::Plan;
 use crate::prepare::Prepared;
@@ -55,14 +56,16 @@ fn relock_run(
     sha: &str,
 ) -> Result<(), BuildError> {
     let mut plan = round0.clone();
-    let mut new = Lock::new(sha, round0, &generate(round0)?.tree_digest())?;
+    let mut new = Lock::new(sha, round0, &generate(round0)?)?;
     let dir = &prepared.manifest.dir;
     let mut patches = Vec::new();
     for round in &lock.rounds {
         plan = change::apply_all(&plan, &round.changes)?;
         patches.extend(round.patch.clone());
-        let files = with_patches(generate(&plan)?, &patches, dir)?;
-        new.accept(round.clone(), &files.tree_digest());
+        new.accept(
+            round.clone(),
+            &with_patches(generate(&plan)?, &patches, dir)?,
+        );
     }
     finish(
         prepared,
@@ -92,8 +95,9 @@ fn with_patches(files: FileSet, patches: &[PatchRef], dir: &Path) -> Result<File
 }
 
 /// Fails with the first differing file when `files` is not the locked tree. The locked
-/// crate's files come from the state repository's `best` when it holds the locked tree;
-/// otherwise from the crate last written to disk, else only the digests can be named.
+/// files' digests come from Serve.lock (written since it records them), else from the
+/// state repository's `best` when it holds the locked tree, else from the crate last
+/// written to disk; failing all three only the template's digest can be compared.
 fn check_tree(
     prepared: &Prepared,
     work: &Path,
@@ -104,13 +108,21 @@ fn check_tree(
     if found == lock.tree {
         return Ok(());
     }
-    let template = template_digest()?;
-    let locked_files = State::open(&work.join("state.git"))
-        .ok()
-        .and_then(|s| s.best_files().ok().flatten())
-        .filter(|f| f.tree_digest() == lock.tree);
+    let digests = files.digests();
+    let from_state = || {
+        State::open(&work.join("state.git"))
+            .ok()
+            .and_then(|s| s.best_files().ok().flatten())
+            .filter(|f| f.tree_digest() == lock.tree)
+            .and_then(|old| first_difference(&file_digests(&old), &digests))
+    };
+    let locked = (!lock.files.is_empty())
+        .then(|| first_difference(&lock.files, &digests))
+        .flatten()
+        .or_else(from_state);
     let dir = prepared.server_dir();
-    let detail = if let Some(path) = locked_files.and_then(|old| first_difference(&old, files)) {
+    let template = template_digest()?;
+    let detail = if let Some(path) = locked {
         format!("first differing file: {path}")
     } else if let Some(diff) = files.diff(&dir).ok().and_then(|d| d.into_iter().next()) {
         format!(
@@ -134,18 +146,26 @@ fn check_tree(
     })
 }
 
-/// The first path, in path order, that one set has and the other lacks or holds differently.
-pub fn first_difference(old: &FileSet, new: &FileSet) -> Option<String> {
-    let (a, b) = (old.digests(), new.digests());
-    let mut paths: Vec<&str> = a.keys().chain(b.keys()).copied().collect();
+/// The first path, in path order, that one digest map has and the other lacks or holds
+/// differently (`locked` by owned path, `now` as `FileSet::digests` gives it).
+pub fn first_difference(
+    locked: &BTreeMap<String, String>,
+    now: &BTreeMap<&str, String>,
+) -> Option<String> {
+    let mut paths: Vec<&str> = locked
+        .keys()
+        .map(String::as_str)
+        .chain(now.keys().copied())
+        .collect();
     paths.sort_unstable();
-    paths.into_iter().find(|p| a.get(p) != b.get(p)).map(|p| {
-        match (a.contains_key(p), b.contains_key(p)) {
+    paths
+        .into_iter()
+        .find(|p| locked.get(*p) != now.get(p))
+        .map(|p| match (locked.contains_key(p), now.contains_key(p)) {
             (true, false) => format!("{p} (no longer generated)"),
             (false, true) => format!("{p} (newly generated)"),
             _ => format!("{p} (contents changed)"),
-        }
-    })
+        })
 }
 
 fn short(digest: &str) -> &str {
@@ -205,6 +225,10 @@ mod tests {
             s.insert(*p, c.as_bytes().to_vec());
         }
         s
+    }
+
+    fn first_difference(old: &FileSet, new: &FileSet) -> Option<String> {
+        super::first_difference(&file_digests(old), &new.digests())
     }
 
     #[test]

@@ -303,9 +303,8 @@ impl Search<'_> {
     fn write_lock(&self, history: &History) -> Result<(), BuildError> {
         let manifest = &self.prepared.manifest;
         let round0 = &history.attempts[0];
-        let tree0 = generate(&round0.plan)?.tree_digest();
         let sha = manifest.model.sha256.clone().unwrap_or_default();
-        let mut lock = Lock::new(&sha, &round0.plan, &tree0)?;
+        let mut lock = Lock::new(&sha, &round0.plan, &generate(&round0.plan)?)?;
         let stored: BTreeMap<u32, AttemptRecord> = self
             .state
             .attempts()?
@@ -331,8 +330,7 @@ impl Search<'_> {
                 patch: self.lock_patch(a.round)?,
                 metrics,
             };
-            let files = self.crate_files(&a.plan, history, a.round + 1)?;
-            lock.accept(round, &files.tree_digest());
+            lock.accept(round, &self.crate_files(&a.plan, history, a.round + 1)?);
         }
         Ok(lock.write(&lock_path(&manifest.path))?)
     }

@@ -191,7 +191,13 @@ pub struct Accuracy {
     pub command: Vec<String>,
     /// The golden reference file, absolute.
     pub golden: PathBuf,
+    /// The held-back prompts' reference file, absolute (default: `heldout.jsonl` beside
+    /// the golden file).
+    pub heldout: PathBuf,
 }
+
+/// The held-back prompts' file beside the golden file when `accuracy.heldout` is not given.
+pub const DEFAULT_HELDOUT: &str = "heldout.jsonl";
 
 /// The placeholder in `accuracy.command` that stands for the candidate server's base URL.
 pub const URL_PLACEHOLDER: &str = "{url}";
