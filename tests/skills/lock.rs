@@ -27,7 +27,7 @@ fn accepted(round: u32, changes: Vec<Change>) -> LockedRound {
 /// A lock with two accepted rounds, and the final plan they lead to.
 fn two_rounds() -> (Lock, vibeserve::plan::Plan) {
     let p0 = round0();
-    let mut lock = Lock::new(MODEL_SHA, &p0, &files_for(&p0).tree_digest()).unwrap();
+    let mut lock = Lock::new(MODEL_SHA, &p0, &files_for(&p0)).unwrap();
     let r1 = vec![
         Change::new("kv_cache.block_size", 32),
         Change::new("kv_cache.blocks", 2048),
@@ -36,7 +36,7 @@ fn two_rounds() -> (Lock, vibeserve::plan::Plan) {
     let mut plan = p0.clone();
     for (round, changes) in [(1, r1), (3, r3)] {
         plan = vibeserve::skills::change::apply_all(&plan, &changes).unwrap();
-        lock.accept(accepted(round, changes), &files_for(&plan).tree_digest());
+        lock.accept(accepted(round, changes), &files_for(&plan));
     }
     (lock, plan)
 }
@@ -54,6 +54,8 @@ fn lock_round_trips_through_text_and_disk() {
         "the same rounds give the same text"
     );
     assert_eq!(lock.tree, files_for(&plan).tree_digest());
+    assert_eq!(lock.files, lock::file_digests(&files_for(&plan)));
+    assert!(lock.files.contains_key("Plan.toml"), "{:?}", lock.files.keys());
     assert_eq!(lock.template, lock::template_digest().unwrap());
     assert_eq!(lock.template.len(), 64);
 
@@ -104,7 +106,7 @@ fn patch_rounds_are_kept_in_order() {
     let mut round = accepted(4, vec![]);
     round.skill = "model/decode-roofline".into();
     round.patch = Some(patch.clone());
-    lock.accept(round, "00");
+    lock.accept(round, &files_for(&round0()));
     let text = lock.to_toml();
     assert_eq!(Lock::from_toml(&text).unwrap(), lock);
     assert_eq!(lock::replay(&lock, &round0()).unwrap().patches, vec![patch]);
