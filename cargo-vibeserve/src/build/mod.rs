@@ -224,7 +224,9 @@ pub enum BuildError {
     },
     /// `--agent openai` with no model named.
     #[error("`--agent openai` needs a model name")]
-    #[diagnostic(help("add [agent] with `model = \"…\"` to Serve.toml, or pass --agent-model NAME"))]
+    #[diagnostic(help(
+        "add [agent] with `model = \"…\"` to Serve.toml, or pass --agent-model NAME"
+    ))]
     NoAgentModel,
     /// The LLM back end could not start.
     #[error(transparent)]
