@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{BuildError, best_bin, compile, step};
+use super::{BuildError, best_bin, compile, gguf, step};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
@@ -20,7 +20,7 @@ pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildEr
     let path = lock_path(&manifest.path);
     let lock = Lock::read(&path)?;
     let round0 = round0_plan(prepared)?;
-    let sha = manifest.model.sha256.clone().unwrap_or_default();
+    let sha = prepared.model_digest.clone();
     if relock {
         return relock_run(prepared, work, &lock, &round0, &sha);
     }
@@ -149,7 +149,7 @@ fn finish(prepared: &Prepared, work: &Path, files: &FileSet) -> Result<(), Build
     let mut judge = Judge::new(
         &prepared.manifest,
         &prepared.model_path,
-        &prepared.metadata,
+        gguf(prepared)?,
         work,
         None,
     )?;

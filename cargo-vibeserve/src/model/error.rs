@@ -194,6 +194,18 @@ pub enum ModelError {
         /// The type id in the file.
         type_id: u32,
     },
+
+    /// A Hugging Face config.json is malformed or describes no model we serve.
+    #[error("{path}: {message}")]
+    #[diagnostic(help(
+        "the file must be a Llama model's config.json as Hugging Face ships it (hidden_size, num_hidden_layers, …)"
+    ))]
+    HfConfig {
+        /// The config.json.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl ModelError {
