@@ -70,8 +70,9 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     let model = Llama::load(&args.model, plan::KERNEL_VARIANT, plan::THREADS)?;
     let metrics = Arc::new(Metrics::new());
     let io = |what| move |source| ServeError::Io { what, source };
-    let (engine, engine_thread) = engine::start(model, tokenizer.clone(), metrics.clone())
-        .map_err(io("starting the engine thread"))?;
+    let (engine, engine_thread) =
+        engine::start(Box::new(model), tokenizer.clone(), metrics.clone())
+            .map_err(io("starting the engine thread"))?;
     let model_id = args.served_model_name.clone().unwrap_or_else(|| {
         let stem = args.model.file_stem().map(|s| s.to_string_lossy());
         stem.map_or_else(|| plan::TARGET.to_string(), |s| s.into_owned())
