@@ -43,8 +43,7 @@ pub fn prepare(target: &TargetArg) -> Result<Prepared, PrepareError> {
     let cache_root = vibeserve_dir.join("cache");
     if let ModelSource::Dummy { config, seed } = &manifest.model.source {
         // Nothing is fetched or written: the weights are made where the server runs.
-        let text = std::fs::read(config)
-            .map_err(|e| ModelError::io("cannot read", config.as_path())(e))?;
+        let text = std::fs::read(config).map_err(ModelError::io("cannot read", config))?;
         let parsed = HfConfig::parse(&String::from_utf8_lossy(&text), config)?;
         let model_digest = dummy_digest(&text, *seed);
         return Ok(Prepared {

@@ -7,7 +7,7 @@ use super::{BuildError, best_bin, compile, gguf, step};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
-use crate::lock::{Lock, lock_path, replay, template_digest};
+use crate::lock::{Lock, LockedRound, lock_path, replay, template_digest};
 use crate::manifest::Device;
 use crate::plan::Plan;
 use crate::prepare::Prepared;
@@ -15,15 +15,23 @@ use crate::skills::change;
 use crate::state::State;
 
 /// Runs `--locked` (`relock` false) or `--relock`.
+///
+/// `--relock` on a target with no Serve.lock yet writes its first one: round 0 alone,
+/// compiled, and judged where its hardware is. A GPU target gets its lock so on a
+/// machine without a GPU, which `--locked` then reproduces anywhere.
 pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildError> {
     let manifest = &prepared.manifest;
     let path = lock_path(&manifest.path);
-    let lock = Lock::read(&path)?;
     let round0 = round0_plan(prepared)?;
     let sha = prepared.model_digest.clone();
     if relock {
-        return relock_run(prepared, work, &lock, &round0, &sha);
+        let rounds = match path.exists() {
+            true => Lock::read(&path)?.rounds,
+            false => Vec::new(),
+        };
+        return relock_run(prepared, work, &rounds, &round0, &sha);
     }
+    let lock = Lock::read(&path)?;
     if lock.model != sha {
         return Err(BuildError::ModelDrift {
             locked: lock.model.clone(),
@@ -49,13 +57,13 @@ pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildEr
 fn relock_run(
     prepared: &Prepared,
     work: &Path,
-    lock: &Lock,
+    rounds: &[LockedRound],
     round0: &Plan,
     sha: &str,
 ) -> Result<(), BuildError> {
     let mut plan = round0.clone();
     let mut new = Lock::new(sha, round0, &generate(round0)?.tree_digest())?;
-    for round in &lock.rounds {
+    for round in rounds {
         plan = change::apply_all(&plan, &round.changes)?;
         new.accept(round.clone(), &generate(&plan)?.tree_digest());
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::cache;
+use super::{ModelError, cache};
 
 /// Version of the weight and tokenizer generator (`templates/server/src/bin/materialize/`).
 /// It is part of a dummy model's digest: a change to what the generator writes for a
@@ -32,6 +32,35 @@ pub fn dummy_digest(config_json: &[u8], seed: u64) -> String {
 /// `<cache_root>/models/dummy-<digest>/` (config.json, model.safetensors, tokenizer.json).
 pub fn dummy_dir(cache_root: &Path, digest: &str) -> PathBuf {
     cache::models_dir(cache_root).join(format!("dummy-{digest}"))
+}
+
+/// The generated crate's binary that writes a dummy model; it is built beside `server`.
+pub const MATERIALIZE_BIN: &str = "materialize";
+
+/// Runs `bin --config CONFIG --seed SEED --out DIR` (the generated crate's
+/// [`MATERIALIZE_BIN`]), which writes the model into `dir` unless it already holds it.
+pub fn materialize(bin: &Path, config: &Path, seed: u64, dir: &Path) -> Result<(), ModelError> {
+    let command = format!(
+        "{} --config {} --seed {seed} --out {}",
+        bin.display(),
+        config.display(),
+        dir.display()
+    );
+    let output = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(["--seed", &seed.to_string(), "--out"])
+        .arg(dir)
+        .output();
+    let reason = match output {
+        Ok(out) if out.status.success() => return Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            format!("{}: {}", out.status, stderr.trim())
+        }
+        Err(e) => format!("cannot run it: {e}"),
+    };
+    Err(ModelError::Materialize { command, reason })
 }
 
 #[cfg(test)]

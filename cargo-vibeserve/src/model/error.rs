@@ -195,6 +195,18 @@ pub enum ModelError {
         type_id: u32,
     },
 
+    /// The generated server's `materialize` binary could not write a dummy model.
+    #[error("`{command}` failed: {reason}")]
+    #[diagnostic(help(
+        "build the generated crate in release (its `materialize` binary sits beside `server`), or pass the model folder explicitly"
+    ))]
+    Materialize {
+        /// The command line.
+        command: String,
+        /// Why: it could not start, or its exit status and the end of its stderr.
+        reason: String,
+    },
+
     /// A Hugging Face config.json is malformed or describes no model we serve.
     #[error("{path}: {message}")]
     #[diagnostic(help(

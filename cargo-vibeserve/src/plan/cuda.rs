@@ -160,3 +160,76 @@ impl Plan {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::plan::{DeviceKind, DevicePlan, KernelVariant};
+
+    /// Llama-3.2-1B's config.json, trimmed to the keys the plan reads.
+    const LLAMA_1B: &str = r#"{"model_type": "llama", "hidden_size": 2048,
+        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-05,
+        "tie_word_embeddings": true, "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}}"#;
+
+    fn parse(text: &str) -> HfConfig {
+        HfConfig::parse(text, Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn a_llama3_config_gives_the_models_shape_and_rope_scaling() {
+        let m = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
+        assert_eq!((m.n_layers, m.n_embd, m.n_ff), (16, 2048, 8192));
+        assert_eq!((m.n_heads, m.n_kv_heads, m.head_dim), (32, 8, 64));
+        assert_eq!(
+            (m.vocab_size, m.rope_theta, m.rms_norm_eps),
+            (128_256, 500_000.0, 1e-5)
+        );
+        assert!(m.tied_embeddings);
+        let rope = m.rope_scaling.unwrap();
+        assert_eq!(
+            (
+                rope.factor,
+                rope.high_freq_factor,
+                rope.original_max_position
+            ),
+            (32.0, 4.0, 8192)
+        );
+    }
+
+    #[test]
+    fn rope_scaling_other_than_llama3_is_refused() {
+        let yarn = LLAMA_1B.replace("\"llama3\"", "\"yarn\"");
+        let err = ModelPlan::from_hf_config(&parse(&yarn)).unwrap_err();
+        assert!(err.to_string().contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn a_cuda_plan_renders_every_cuda_constant_and_a_cpu_plan_none() {
+        let model = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
+        let device = DevicePlan {
+            kind: DeviceKind::Cuda,
+            threads: 1,
+            kernel_variant: KernelVariant::Auto,
+        };
+        let cpu = Plan::round0("t", model, device);
+        assert!(cpu.cuda_constants().is_none());
+        let cuda = cpu.for_cuda("sm_90a");
+        let consts = cuda.cuda_constants().unwrap();
+        let get = |n: &str| consts.iter().find(|c| c.name == n).unwrap().value.clone();
+        assert_eq!(get("CUDA_ARCH"), "\"sm_90a\"");
+        assert_eq!(
+            get("CUDA_GRAPH_BATCH_SIZES"),
+            "&[1, 2, 4, 8, 16, 32, 64, 128]"
+        );
+        assert_eq!(get("CUBLAS_WORKSPACE_BYTES"), "33_554_432");
+        assert!(cuda.parts.contains(CUDA_PART));
+        // 32 GiB of f16 KV at 32 KiB a token (16 layers x 8 heads x 64 x 2 x 2 bytes).
+        assert_eq!(cuda.kv_cache.blocks * cuda.kv_cache.block_size, 1 << 20);
+    }
+}
