@@ -8,6 +8,7 @@ pub mod config;
 pub mod device;
 mod ffi;
 pub mod model;
+pub mod serve;
 pub mod weights;
 
 pub use model::{CudaLlama, StepInput};
