@@ -129,7 +129,7 @@ fn load(
 fn load(
     path: &std::path::Path,
 ) -> Result<(Tokenizer, ChatTemplate, Box<dyn crate::backend::Backend>), ServeError> {
-    Ok(crate::cuda::serve::load(path)?)
+    crate::cuda::serve::load(path)
 }
 
 /// The tokenizer and chat template, from the GGUF's metadata.
