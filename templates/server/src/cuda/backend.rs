@@ -49,3 +49,27 @@ impl Backend for CudaLlama {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_input_maps_each_token_to_its_sequence_table() {
+        let mut pool = BlockPool::with_blocks(8);
+        let (mut a, mut b) = (BlockTable::new(), BlockTable::new());
+        a.reserve(&mut pool, 20).expect("blocks for a");
+        b.reserve(&mut pool, 3).expect("blocks for b");
+        let mut batch = Batch::new();
+        batch.push_chunk(&a, 0, &[5, 6, 7], true).expect("chunk a");
+        batch.push_chunk(&b, 2, &[9], true).expect("chunk b");
+        let input = step_input(&batch);
+        assert_eq!(input.tokens, [5, 6, 7, 9]);
+        assert_eq!(input.positions, [0, 1, 2, 2]);
+        assert_eq!(input.seq, [0, 0, 0, 1]);
+        let shifted = |t: &BlockTable| t.blocks().iter().map(|&x| x as i32 + 1).collect::<Vec<_>>();
+        assert_eq!(input.tables, [shifted(&a), shifted(&b)]);
+        assert_eq!(input.logit_rows, [2, 3]);
+        assert!(!input.is_decode(), "a prefill chunk is not a decode step");
+    }
+}

@@ -214,3 +214,29 @@ pub fn check(kernel: &'static str, rc: i32) -> Result<(), CudaError> {
         code => Err(CudaError::Kernel { kernel, code }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_without_a_usable_gpu_is_an_error_not_a_panic() {
+        match Gpu::open() {
+            Ok(_) | Err(CudaError::WrongArch { .. }) => {}
+            Err(CudaError::NoDevice(msg)) => assert!(!msg.is_empty()),
+            Err(e) => panic!("unexpected error opening the GPU: {e}"),
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn upload_and_download_round_trip() {
+        let gpu = Gpu::open().expect("a CUDA device");
+        let data: Vec<f32> = (0..4096).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let buf = DevBuf::new(data.len() * 4).expect("device memory");
+        gpu.upload(buf.ptr, &data).expect("upload");
+        let mut back = vec![0f32; data.len()];
+        gpu.download(&mut back, buf.ptr).expect("download");
+        assert_eq!(back, data);
+    }
+}
