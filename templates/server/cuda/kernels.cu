@@ -152,7 +152,7 @@ static __device__ __forceinline__ void load_bf16(const bf16 *p, float (&v)[E]) {
 // Output: per (token, head, split) the unnormalised sum (hd floats), then max and sum.
 template <int HD, int G>
 __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf16 *v_cache,
-                                 const int32_t *block_tables, int max_blocks,
+                                 const int32_t *block_tables, const int32_t *table_stride,
                                  const int32_t *q_seq, const int32_t *q_ctx, float *partial,
                                  int n_kv, int bs, float scale) {
   constexpr int E = HD / 32;
@@ -176,7 +176,7 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
     m[g] = NEG_BIG;
     l[g] = 0.f;
   }
-  const int32_t *table = block_tables + (size_t)q_seq[t] * max_blocks;
+  const int32_t *table = block_tables + (size_t)q_seq[t] * *table_stride;
   for (int p = beg + warp; p < end; p += warps) {
     size_t base = (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + lane * E;
     float k[E], v[E];
@@ -240,13 +240,13 @@ __global__ void attention_merge_kernel(const float *partial, bf16 *out, int spli
 
 template <int HD, int G>
 static int attention_launch(cudaStream_t st, const uint16_t *qkv, int n_tokens, const uint16_t *kc,
-                            const uint16_t *vc, const int32_t *bt, int max_blocks,
+                            const uint16_t *vc, const int32_t *bt, const int32_t *table_stride,
                             const int32_t *q_seq, const int32_t *q_ctx, float *partial,
                             int n_kv, int bs, int splits, int warps) {
   dim3 grid(n_tokens, n_kv, splits);
   size_t smem = (size_t)warps * G * (HD + 2) * sizeof(float);
   attention_kernel<HD, G><<<grid, warps * 32, smem, st>>>(
-      (const bf16 *)qkv, (const bf16 *)kc, (const bf16 *)vc, bt, max_blocks, q_seq, q_ctx,
+      (const bf16 *)qkv, (const bf16 *)kc, (const bf16 *)vc, bt, table_stride, q_seq, q_ctx,
       partial, n_kv, bs, rsqrtf((float)HD));
   return launched();
 }
@@ -254,20 +254,20 @@ static int attention_launch(cudaStream_t st, const uint16_t *qkv, int n_tokens, 
 template <int HD>
 static int attention_by_group(cudaStream_t st, int group, const uint16_t *qkv, int n_tokens,
                               const uint16_t *kc, const uint16_t *vc, const int32_t *bt,
-                              int max_blocks, const int32_t *q_seq, const int32_t *q_ctx,
+                              const int32_t *table_stride, const int32_t *q_seq, const int32_t *q_ctx,
                               float *partial, int n_kv, int bs, int splits, int warps) {
   switch (group) {
-    case 1: return attention_launch<HD, 1>(st, qkv, n_tokens, kc, vc, bt, max_blocks, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
-    case 2: return attention_launch<HD, 2>(st, qkv, n_tokens, kc, vc, bt, max_blocks, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
-    case 4: return attention_launch<HD, 4>(st, qkv, n_tokens, kc, vc, bt, max_blocks, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
-    case 8: return attention_launch<HD, 8>(st, qkv, n_tokens, kc, vc, bt, max_blocks, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 1: return attention_launch<HD, 1>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 2: return attention_launch<HD, 2>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 4: return attention_launch<HD, 4>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 8: return attention_launch<HD, 8>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
     default: return (int)cudaErrorInvalidValue;
   }
 }
 
 extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
                             const uint16_t *k_cache, const uint16_t *v_cache,
-                            const int32_t *block_tables, int max_blocks, const int32_t *q_seq,
+                            const int32_t *block_tables, const int32_t *table_stride, const int32_t *q_seq,
                             const int32_t *q_ctx, float *partial, uint16_t *out, int n_heads,
                             int n_kv_heads, int head_dim, int block_size, int splits,
                             int warps) {
@@ -276,9 +276,9 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
   cudaStream_t st = as_stream(stream);
   int group = n_heads / n_kv_heads, rc;
   if (head_dim == 64)
-    rc = attention_by_group<64>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, max_blocks, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
+    rc = attention_by_group<64>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, table_stride, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
   else if (head_dim == 128)
-    rc = attention_by_group<128>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, max_blocks, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
+    rc = attention_by_group<128>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, table_stride, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
   else
     return (int)cudaErrorInvalidValue;
   if (rc != 0) return rc;

@@ -31,13 +31,14 @@ int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const int32_t *pos
                int threads);
 
 /* Attention of every query token over positions 0..q_ctx[t]-1 of its sequence's paged
- * cache (block table row q_seq[t] of `block_tables`, `max_blocks` wide), split into
+ * cache (block table row q_seq[t] of `block_tables`, whose rows are *table_stride wide:
+ * read on the device, so a captured graph serves any table length), split into
  * `splits` parts of the context (flash-decoding), then merged into out [t, n_heads*head_dim]
  * (bf16). q is read from the qkv rows. `partial` holds n_tokens*n_heads*splits*(head_dim+2)
  * floats. head_dim must be 64 or 128 and n_heads / n_kv_heads 1, 2, 4 or 8. */
 int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens, const uint16_t *k_cache,
-                 const uint16_t *v_cache, const int32_t *block_tables, int max_blocks,
-                 const int32_t *q_seq, const int32_t *q_ctx, float *partial, uint16_t *out,
+                 const uint16_t *v_cache, const int32_t *block_tables,
+                 const int32_t *table_stride, const int32_t *q_seq, const int32_t *q_ctx, float *partial, uint16_t *out,
                  int n_heads, int n_kv_heads, int head_dim, int block_size, int splits,
                  int warps);
 

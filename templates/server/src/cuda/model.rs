@@ -55,6 +55,8 @@ struct Layout {
     q_seq: usize,
     q_ctx: usize,
     logit_rows: usize,
+    /// Row width of this step's block tables (the longest table), read by the kernel.
+    stride: usize,
     tables: usize,
     total: usize,
 }
@@ -69,8 +71,9 @@ impl Layout {
             q_seq: 3 * m,
             q_ctx: 4 * m,
             logit_rows: 5 * m,
-            tables: 6 * m,
-            total: 6 * m + m * max_blocks,
+            stride: 6 * m,
+            tables: 6 * m + 1,
+            total: 6 * m + 1 + m * max_blocks,
         }
     }
 }
@@ -283,6 +286,10 @@ impl CudaLlama {
             s[l.logit_rows + i] = input.logit_rows.get(i).copied().unwrap_or(i as i32);
         }
         let n_tables = input.tables.len().max(if padded > n { padded } else { 0 });
+        // Rows as wide as this step's longest table: the upload stays proportional to
+        // the context in use, not to the model's maximum.
+        let stride = input.tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        s[l.stride] = stride as i32;
         for (row, table) in
             (0..n_tables).map(|r| (r, input.tables.get(r).map(Vec::as_slice).unwrap_or(&[])))
         {
@@ -291,8 +298,7 @@ impl CudaLlama {
                     "a block table exceeds the context length".into(),
                 ));
             }
-            let dst =
-                &mut s[l.tables + row * self.max_blocks..l.tables + (row + 1) * self.max_blocks];
+            let dst = &mut s[l.tables + row * stride..l.tables + (row + 1) * stride];
             dst[..table.len()].copy_from_slice(table);
             dst[table.len()..].fill(0);
         }
@@ -301,10 +307,8 @@ impl CudaLlama {
         let mut seeds = vec![0u64; rows];
         temps[..input.temps.len()].copy_from_slice(&input.temps);
         seeds[..input.seeds.len()].copy_from_slice(&input.seeds);
-        self.gpu.upload(
-            self.buf.input.ptr,
-            &s[..l.tables + n_tables * self.max_blocks],
-        )?;
+        self.gpu
+            .upload(self.buf.input.ptr, &s[..l.tables + n_tables * stride])?;
         self.gpu.upload(self.buf.temps.ptr, &temps)?;
         self.gpu.upload(self.buf.seeds.ptr, &seeds)
     }
@@ -483,7 +487,7 @@ impl CudaLlama {
                 kc as *const u16,
                 vc as *const u16,
                 self.input(l.tables),
-                self.max_blocks as i32,
+                self.input(l.stride),
                 self.input(l.q_seq),
                 self.input(l.q_ctx),
                 b.partial.ptr as *mut f32,
