@@ -495,3 +495,59 @@ async fn llama_server_streams_with_usage() {
     assert!(m.total_input_tokens > 0 && m.total_output_tokens > 0);
     assert!(m.ttft_ms.count == 4 && m.itl_ms.count > 0);
 }
+
+/// The CUDA targets' comparison: our server and an already-running peer (`--peer-url`,
+/// e.g. llama-server on the GPU machine) are sent the same token-id workload, unchanged:
+/// `prompt` a list of ids, `ignore_eos` set, so both do the same work.
+#[tokio::test]
+async fn a_token_id_workload_reaches_ours_and_a_running_peer_unchanged() {
+    let (mut ours, mut peer) = (
+        serve(|_| stream(3, true)).await,
+        serve(|_| stream(3, true)).await,
+    );
+    let workload =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../targets/llama-3.2-1b-h100/workload.jsonl");
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&workload)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cargo-vibeserve"))
+        .args([
+            "vibeserve",
+            "bench",
+            "--url",
+            &ours.url,
+            "--peer-url",
+            &peer.url,
+        ])
+        .args(["--num-requests", "4", "--warmup", "0", "--repetitions", "1"])
+        .arg("--workload")
+        .arg(&workload)
+        .arg("--json")
+        .arg(dir.path().join("result.json"))
+        .output();
+    let output = tokio::time::timeout(BOUND, command).await.unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for server in [&mut ours, &mut peer] {
+        let mut bodies = Vec::new();
+        while let Ok(body) = server.bodies.try_recv() {
+            bodies.push(body);
+        }
+        assert_eq!(bodies.len(), 4, "each server gets every measured request");
+        let sent = bodies
+            .iter()
+            .find(|b| b["prompt"] == first["prompt"])
+            .expect("the first request");
+        assert_eq!(sent["ignore_eos"], json!(true));
+        assert_eq!(sent["max_tokens"], first["max_tokens"]);
+    }
+}

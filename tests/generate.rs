@@ -93,7 +93,10 @@ fn generation_is_byte_identical_and_snapshotted() {
             .map(|(path, digest)| format!("{digest}  {path}\n"))
             .collect();
         insta::assert_snapshot!(format!("{target}__files"), listing);
-        for path in ["Plan.toml", "src/plan.rs", "Cargo.toml"] {
+        for path in ["Plan.toml", "src/plan.rs", "src/plan_cuda.rs", "Cargo.toml"] {
+            if path == "src/plan_cuda.rs" && first.get(path).is_none() {
+                continue; // CPU targets have no CUDA constants.
+            }
             let name = format!("{target}__{}", path.replace(['/', '.'], "_"));
             insta::assert_snapshot!(name, text(&first, path));
         }
@@ -185,6 +188,125 @@ fn template_plan_rs_is_the_default_targets_round0() {
         body, template,
         "templates/server/src/plan.rs drifted from smollm2-cpu's round-0 plan"
     );
+}
+
+/// A CPU target's crate carries no CUDA code, no build script, no dummy-weights binary
+/// and none of their dependencies; a CUDA target's crate has all of them.
+#[test]
+fn parts_follow_the_device_and_the_model_source() {
+    let (cpu, cuda) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    generate_into("smollm2-cpu", cpu.path());
+    generate_into("llama-3.2-1b-h100", cuda.path());
+    let (cpu, cuda) = (read_tree(cpu.path()), read_tree(cuda.path()));
+    let has = |files: &FileSet, prefix: &str| files.iter().any(|(p, _)| p.starts_with(prefix));
+    for prefix in [
+        "src/cuda/",
+        "src/plan_cuda.rs",
+        "build.rs",
+        "cuda/",
+        "src/bin/materialize/",
+    ] {
+        assert!(!has(&cpu, prefix), "the CPU crate has {prefix}");
+        assert!(has(&cuda, prefix), "the CUDA crate lacks {prefix}");
+    }
+    for dep in ["cudarc", "safetensors", "bindgen"] {
+        assert!(
+            !text(&cpu, "Cargo.toml").contains(dep),
+            "CPU Cargo.toml names {dep}"
+        );
+        assert!(
+            text(&cuda, "Cargo.toml").contains(dep),
+            "CUDA Cargo.toml lacks {dep}"
+        );
+    }
+    let plan = text(&cuda, "Plan.toml");
+    assert!(
+        plan.contains("parts = [\"core\", \"cuda\", \"dummy\"]"),
+        "{plan}"
+    );
+    assert!(!text(&cpu, "Plan.toml").contains("[cuda]"));
+}
+
+/// The template's `src/plan_cuda.rs` holds the CUDA targets' round-0 values, so the
+/// CUDA code the workspace compiles is what round 0 of a CUDA target gets.
+#[test]
+fn template_plan_cuda_rs_is_the_cuda_targets_round0() {
+    for target in ["llama-3.2-1b-h100", "llama-3.1-8b-h100"] {
+        let dir = tempfile::tempdir().unwrap();
+        generate_into(target, dir.path());
+        let generated = std::fs::read_to_string(dir.path().join("src/plan_cuda.rs")).unwrap();
+        let body: String = generated
+            .lines()
+            .skip_while(|l| l.starts_with("// @generated") || l.starts_with("// Edit"))
+            .skip_while(|l| l.is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let template =
+            std::fs::read_to_string(repo_root().join("templates/server/src/plan_cuda.rs")).unwrap();
+        assert_eq!(
+            body, template,
+            "templates/server/src/plan_cuda.rs drifted from {target}'s round-0 plan"
+        );
+    }
+}
+
+/// Where the CUDA toolkit's nvcc is: `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH (the
+/// generated build.rs looks in the same places).
+fn nvcc() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        let nvcc = PathBuf::from(home).join("bin/nvcc");
+        return nvcc.is_file().then_some(nvcc);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("nvcc"))
+        .find(|nvcc| nvcc.is_file())
+}
+
+/// Both CUDA targets' generated crates compile — kernels through nvcc, launcher
+/// declarations through bindgen — on a machine with no GPU. `.ci/run` installs nvcc
+/// (pip `nvidia-cuda-nvcc==13.0.*` and friends, `CUDA_HOME` exported), so this runs in
+/// CI; on a machine without nvcc it prints that it is skipped and passes.
+#[test]
+fn cuda_generated_crates_build_without_a_gpu() {
+    let Some(nvcc) = nvcc() else {
+        println!(
+            "SKIPPED cuda_generated_crates_build_without_a_gpu: no nvcc (set CUDA_HOME or put nvcc on PATH; .ci/run installs it)"
+        );
+        return;
+    };
+    println!("building the CUDA targets' crates with {}", nvcc.display());
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    for (folder, name) in [
+        ("llama-3.2-1b-h100", "llama-3-2-1b-h100"),
+        ("llama-3.1-8b-h100", "llama-3-1-8b-h100"),
+    ] {
+        let out = vibeserve(&["generate", folder]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let crate_dir = target_dir.join("vibeserve").join(name).join("server");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--offline",
+                "--locked",
+                "--manifest-path",
+            ])
+            .arg(crate_dir.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "the generated {name} crate does not build"
+        );
+    }
 }
 
 /// The generated crate builds on its own, offline, with its pinned lockfile. It is built

@@ -197,7 +197,7 @@ fn sources_and_arrivals_resolve() {
     assert_eq!(pip.benchmark.peer, Some(Peer::LlamaCpp));
     let accuracy = pip.accuracy.as_ref().expect("pip_cpu has [accuracy]");
     assert_eq!(
-        accuracy.command_for("http://127.0.0.1:9")[3],
+        accuracy.command_for("http://127.0.0.1:9", std::path::Path::new("m.gguf"))[3],
         "http://127.0.0.1:9"
     );
 }

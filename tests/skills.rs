@@ -32,6 +32,7 @@ fn smollm2() -> ModelPlan {
         rope_theta: 100000.0,
         rms_norm_eps: 1e-5,
         tied_embeddings: true,
+        rope_scaling: None,
     }
 }
 
@@ -43,6 +44,16 @@ pub fn round0() -> Plan {
         kernel_variant: KernelVariant::Auto,
     };
     Plan::round0("smollm2-cpu", smollm2(), device)
+}
+
+/// Round 0 of an H100 target of the same model (the CUDA fields present).
+pub fn round0_cuda() -> Plan {
+    let device = DevicePlan {
+        kind: DeviceKind::Cuda,
+        threads: 1,
+        kernel_variant: KernelVariant::Auto,
+    };
+    Plan::round0("smollm2-h100", smollm2(), device).for_cuda("sm_90a")
 }
 
 /// The facts of a 2-thread AVX2 CPU target with a closed loop of `concurrency` clients.
@@ -71,9 +82,10 @@ fn template_parts() -> Vec<String> {
 fn validate(library: &Library) -> Result<(), String> {
     let parts = template_parts();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    library
-        .validate(&round0(), &parts)
-        .map_err(|e| e.to_string())
+    for plan in [round0(), round0_cuda()] {
+        library.validate(&plan, &parts).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A one-skill library from SKILL.md text.
@@ -137,6 +149,7 @@ fn every_tunable_plan_field_has_a_skill() {
         "target",
         "parts",
         "device.kind",
+        "cuda.arch",
         "http.max_body_bytes",
         "http.retry_after_secs",
         "http.sse_keep_alive_secs",
@@ -144,7 +157,10 @@ fn every_tunable_plan_field_has_a_skill() {
         "http.engine_idle_tick_ms",
     ];
     // Every leaf outside `model` that a plan can differ in, whatever fields exist by now.
-    let all = plan_leaves(&round0());
+    let all: BTreeSet<String> = [round0(), round0_cuda()]
+        .iter()
+        .flat_map(plan_leaves)
+        .collect();
     for field in all
         .iter()
         .filter(|f| !f.starts_with("model.") && !fixed.contains(&f.as_str()))

@@ -7,6 +7,8 @@
 //! constants, so the compiler specialises the hot loops. Any arithmetic on plan
 //! values happens here, never in the templates.
 
+mod cuda;
+
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -15,6 +17,11 @@ use sha2::{Digest, Sha256};
 
 use crate::manifest::{Hardware, Isa};
 use crate::model::GgufMetadata;
+
+pub use cuda::{
+    CUDA_PART, CudaPlan, DEFAULT_CUDA_KV_MEMORY_MIB, DEFAULT_CUDA_SERVING, DUMMY_PART,
+    PLAN_CUDA_RS, RopeScalingPlan, default_cuda,
+};
 
 /// Version of the `Plan.toml` schema this tool writes and reads.
 pub const PLAN_VERSION: u32 = 1;
@@ -44,6 +51,9 @@ pub struct Plan {
     pub kv_cache: KvCachePlan,
     /// The HTTP front end.
     pub http: HttpPlan,
+    /// The CUDA kernels; only CUDA targets have them (absent from CPU plans' Plan.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaPlan>,
 }
 
 /// The model's shape, as constants for the generated crate.
@@ -74,6 +84,9 @@ pub struct ModelPlan {
     pub rms_norm_eps: f32,
     /// Whether the LM head reuses the token embedding.
     pub tied_embeddings: bool,
+    /// How RoPE is stretched beyond the trained context; absent when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScalingPlan>,
 }
 
 /// Where and how the server computes.
@@ -275,6 +288,7 @@ impl ModelPlan {
             rope_theta: meta.rope_freq_base,
             rms_norm_eps: meta.rms_norm_eps.unwrap_or(DEFAULT_RMS_NORM_EPS),
             tied_embeddings: !meta.tensors.iter().any(|t| t.name == "output.weight"),
+            rope_scaling: None,
         })
     }
 }
@@ -305,10 +319,7 @@ impl Plan {
             DEFAULT_KV_DTYPE,
             DEFAULT_KV_MEMORY_MIB,
         );
-        let mut parts = BTreeSet::from([CORE_PART.to_string()]);
-        if device.kind == DeviceKind::Cuda {
-            parts.insert("cuda".to_string());
-        }
+        let parts = BTreeSet::from([CORE_PART.to_string()]);
         Plan {
             version: PLAN_VERSION,
             target: target.to_string(),
@@ -319,6 +330,7 @@ impl Plan {
             serving: DEFAULT_SERVING,
             kv_cache,
             http: DEFAULT_HTTP,
+            cuda: None,
         }
     }
 }
@@ -360,7 +372,7 @@ pub struct PlanConst {
 
 /// Formats an integer as a Rust literal, digits grouped by thousands from 10 000 up
 /// (as rustfmt-formatted hand-written code writes them).
-fn int_literal(x: u64) -> String {
+pub(crate) fn int_literal(x: u64) -> String {
     let digits = x.to_string();
     if digits.len() <= 4 {
         return digits;
@@ -505,6 +517,12 @@ pub enum PlanError {
     )]
     #[diagnostic(help("use a Llama-architecture model (Llama, SmolLM, Mistral-style GGUFs)"))]
     UnsupportedArch(String),
+    /// The config.json scales RoPE in a way the CUDA kernels do not implement.
+    #[error(
+        "the model's config.json scales RoPE with `{0}`; cargo-vibeserve implements `llama3` scaling"
+    )]
+    #[diagnostic(help("use a Llama 3 config.json, or one without `rope_scaling`"))]
+    UnsupportedRopeScaling(String),
     /// `Plan.toml` was written by an incompatible version of the tool.
     #[error(
         "Plan.toml has schema version {found}; this cargo-vibeserve reads version {PLAN_VERSION}"

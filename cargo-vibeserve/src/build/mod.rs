@@ -16,6 +16,7 @@ use crate::generate::GenerateError;
 use crate::judge::JudgeError;
 use crate::lock::LockError;
 use crate::manifest::TargetArg;
+use crate::model::GgufMetadata;
 use crate::plan::PlanError;
 use crate::prepare::{PrepareError, Prepared, prepare};
 use crate::state::StateError;
@@ -99,6 +100,14 @@ fn agent_config(
         return Err(BuildError::NoAgentModel);
     }
     Ok(Some(agent))
+}
+
+/// The GGUF header the Judge's probes read and perturb; a dummy safetensors model has none.
+pub fn gguf(prepared: &Prepared) -> Result<&GgufMetadata, BuildError> {
+    prepared
+        .metadata
+        .gguf()
+        .ok_or_else(|| BuildError::NoGgufJudge(prepared.manifest.target.name.clone()))
 }
 
 /// The final server's place: `<target dir>/vibeserve/<target>/best/server`.
@@ -241,6 +250,14 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// The Judge's probes need a GGUF model and this target has none.
+    #[error(
+        "{0}: the Accuracy Judge's probes read GGUF models; this target's model is a dummy safetensors folder"
+    )]
+    #[diagnostic(help(
+        "build it with `--locked`, which compiles it anywhere and judges it where a GPU is"
+    ))]
+    NoGgufJudge(String),
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Io {

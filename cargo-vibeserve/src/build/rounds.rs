@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{BuildError, best_bin, compile, copy_bin, step};
+use super::{BuildError, best_bin, compile, copy_bin, gguf, step};
 use crate::evaluate::{Evaluation, Evaluator, median};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate, write_atomic};
@@ -63,7 +63,7 @@ pub fn run(
     let judge = Judge::new(
         manifest,
         &prepared.model_path,
-        &prepared.metadata,
+        gguf(prepared)?,
         work,
         Some(reference),
     )?;
@@ -129,7 +129,7 @@ impl Search<'_> {
         let mut round0_judge = Judge::new(
             &self.prepared.manifest,
             &self.prepared.model_path,
-            &self.prepared.metadata,
+            gguf(self.prepared)?,
             self.work,
             None,
         )?;
@@ -303,7 +303,7 @@ impl Search<'_> {
     fn write_lock(&self, history: &History) -> Result<(), BuildError> {
         let manifest = &self.prepared.manifest;
         let round0 = &history.attempts[0];
-        let sha = manifest.model.sha256.clone().unwrap_or_default();
+        let sha = self.prepared.model_digest.clone();
         let mut lock = Lock::new(&sha, &round0.plan, &generate(&round0.plan)?)?;
         let stored: BTreeMap<u32, AttemptRecord> = self
             .state

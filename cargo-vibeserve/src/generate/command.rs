@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::manifest::TargetArg;
-use crate::plan::{DevicePlan, ModelPlan, Plan, PlanError};
+use crate::manifest::{Hardware, ModelSource, TargetArg};
+use crate::model::ModelMetadata;
+use crate::plan::{DUMMY_PART, DevicePlan, ModelPlan, Plan, PlanError};
 use crate::prepare::{PrepareError, Prepared, prepare};
 
 use super::{FileDiff, GenerateError, generate};
@@ -24,9 +25,21 @@ pub struct GenerateArgs {
 
 /// The round-0 plan of a prepared target.
 pub fn round0_plan(prepared: &Prepared) -> Result<Plan, PlanError> {
-    let model = ModelPlan::from_gguf(&prepared.metadata)?;
-    let device = DevicePlan::from_hardware(&prepared.manifest.hardware);
-    Ok(Plan::round0(&prepared.manifest.target.name, model, device))
+    let manifest = &prepared.manifest;
+    let model = match &prepared.metadata {
+        ModelMetadata::Gguf(meta) => ModelPlan::from_gguf(meta)?,
+        ModelMetadata::HfConfig(config) => ModelPlan::from_hf_config(config)?,
+    };
+    let device = DevicePlan::from_hardware(&manifest.hardware);
+    let mut plan = Plan::round0(&manifest.target.name, model, device);
+    if let Hardware::Cuda { arch, .. } = &manifest.hardware {
+        plan = plan.for_cuda(arch);
+    }
+    if let ModelSource::Dummy { .. } = manifest.model.source {
+        // The server's machine makes the weights with the crate's `materialize` binary.
+        plan.parts.insert(DUMMY_PART.to_string());
+    }
+    Ok(plan)
 }
 
 /// Runs `cargo vibeserve generate`.

@@ -319,7 +319,7 @@ impl Judge {
             .accuracy
             .as_ref()
             .ok_or("the target has no [accuracy]")?;
-        run_check(&accuracy.command_for(url), &self.manifest.dir)
+        run_check(&accuracy.command_for(url, &self.model), &self.manifest.dir)
     }
 
     /// Scores the held-out prompts and compares them with the golden reference.

@@ -31,6 +31,7 @@ pub use init::{InitArgs, init};
 pub use load::{SCHEMA_VERSION, SUPPORTED_VERSIONS};
 pub use metric::{CmpOp, Constraint, Direction, METRICS, Metric, Objective};
 pub use types::{
-    Accuracy, Agent, AgentKind, Arrival, Benchmark, Device, Hardware, Isa, Manifest, Model,
-    ModelFormat, ModelSource, Peer, Policy, Search, Target, URL_PLACEHOLDER, Workload, defaults,
+    Accuracy, Agent, AgentKind, Arrival, Benchmark, Device, Hardware, Isa, MODEL_PLACEHOLDER,
+    Manifest, Model, ModelFormat, ModelSource, Peer, Policy, Search, Target, URL_PLACEHOLDER,
+    Workload, defaults,
 };

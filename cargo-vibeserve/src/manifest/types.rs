@@ -187,7 +187,8 @@ pub struct Benchmark {
 /// `[accuracy]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accuracy {
-    /// Program and arguments, run in the manifest's folder; may contain [`URL_PLACEHOLDER`].
+    /// Program and arguments, run in the manifest's folder; may contain [`URL_PLACEHOLDER`]
+    /// and [`MODEL_PLACEHOLDER`].
     pub command: Vec<String>,
     /// The golden reference file, absolute.
     pub golden: PathBuf,
@@ -202,12 +203,21 @@ pub const DEFAULT_HELDOUT: &str = "heldout.jsonl";
 /// The placeholder in `accuracy.command` that stands for the candidate server's base URL.
 pub const URL_PLACEHOLDER: &str = "{url}";
 
+/// The placeholder in `accuracy.command` that stands for the model the candidate serves
+/// (a file, or a dummy model's materialised folder), for checks that load it themselves.
+pub const MODEL_PLACEHOLDER: &str = "{model}";
+
 impl Accuracy {
-    /// The command with [`URL_PLACEHOLDER`] replaced by `url`.
-    pub fn command_for(&self, url: &str) -> Vec<String> {
+    /// The command with [`URL_PLACEHOLDER`] replaced by `url` and [`MODEL_PLACEHOLDER`]
+    /// by `model`.
+    pub fn command_for(&self, url: &str, model: &std::path::Path) -> Vec<String> {
+        let model = model.to_string_lossy();
         self.command
             .iter()
-            .map(|arg| arg.replace(URL_PLACEHOLDER, url))
+            .map(|arg| {
+                arg.replace(URL_PLACEHOLDER, url)
+                    .replace(MODEL_PLACEHOLDER, &model)
+            })
             .collect()
     }
 }

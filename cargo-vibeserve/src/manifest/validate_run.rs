@@ -10,7 +10,8 @@ use super::error::{Problem, ProblemKind};
 use super::metric::{ExprError, parse_constraint, parse_objective};
 use super::schema::{RawAccuracy, RawArrival, RawBenchmark, RawWorkload};
 use super::types::{
-    Accuracy, Arrival, Benchmark, DEFAULT_HELDOUT, URL_PLACEHOLDER, Workload, defaults,
+    Accuracy, Arrival, Benchmark, DEFAULT_HELDOUT, MODEL_PLACEHOLDER, URL_PLACEHOLDER, Workload,
+    defaults,
 };
 use super::validate::Ctx;
 
@@ -251,7 +252,7 @@ pub(crate) fn accuracy(raw: &RawAccuracy, cx: &mut Ctx) -> Option<Accuracy> {
                     "unknown placeholder",
                 )
                 .with_help(format!(
-                    "the only placeholder is {URL_PLACEHOLDER}, the candidate server's base URL"
+                    "the placeholders are {URL_PLACEHOLDER}, the candidate server's base URL, and {MODEL_PLACEHOLDER}, the model it serves"
                 ));
             cx.report(p);
             ok = false;
@@ -269,12 +270,13 @@ pub(crate) fn accuracy(raw: &RawAccuracy, cx: &mut Ctx) -> Option<Accuracy> {
     })
 }
 
-/// The byte range of the first `{…}` in `arg` that is not [`URL_PLACEHOLDER`].
+/// The byte range of the first `{…}` in `arg` that is neither [`URL_PLACEHOLDER`] nor
+/// [`MODEL_PLACEHOLDER`].
 fn unknown_placeholder(arg: &str) -> Option<(usize, usize)> {
     let mut from = 0;
     while let Some(open) = arg[from..].find('{').map(|i| i + from) {
         let close = arg[open..].find('}').map_or(arg.len(), |i| open + i + 1);
-        if &arg[open..close] != URL_PLACEHOLDER {
+        if ![URL_PLACEHOLDER, MODEL_PLACEHOLDER].contains(&&arg[open..close]) {
             return Some((open, close));
         }
         from = close;

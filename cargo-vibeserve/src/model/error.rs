@@ -194,6 +194,30 @@ pub enum ModelError {
         /// The type id in the file.
         type_id: u32,
     },
+
+    /// The generated server's `materialize` binary could not write a dummy model.
+    #[error("`{command}` failed: {reason}")]
+    #[diagnostic(help(
+        "build the generated crate in release (its `materialize` binary sits beside `server`), or pass the model folder explicitly"
+    ))]
+    Materialize {
+        /// The command line.
+        command: String,
+        /// Why: it could not start, or its exit status and the end of its stderr.
+        reason: String,
+    },
+
+    /// A Hugging Face config.json is malformed or describes no model we serve.
+    #[error("{path}: {message}")]
+    #[diagnostic(help(
+        "the file must be a Llama model's config.json as Hugging Face ships it (hidden_size, num_hidden_layers, …)"
+    ))]
+    HfConfig {
+        /// The config.json.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl ModelError {

@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::front::AppliesTo;
 use crate::manifest::{Arrival, Hardware, Isa, Manifest};
-use crate::model::GgufMetadata;
+use crate::model::{GgufMetadata, ModelMetadata};
 
 /// The facts of a target that skills condition on. `None` means "not known".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct Facts {
 
 impl Facts {
     /// The facts of a loaded target, with its model's metadata when it has been read.
-    pub fn from_target(manifest: &Manifest, metadata: Option<&GgufMetadata>) -> Facts {
+    pub fn from_target(manifest: &Manifest, metadata: Option<&ModelMetadata>) -> Facts {
         let (isa, threads) = match &manifest.hardware {
             Hardware::Cpu { threads, isa } => (Some(resolve_isa(*isa).to_string()), Some(*threads)),
             Hardware::Cuda { .. } => (None, None),
@@ -38,9 +38,13 @@ impl Facts {
         };
         Facts {
             device: manifest.hardware.device().as_str().to_string(),
-            arch: metadata.map(|m| m.architecture.clone()),
+            arch: metadata.map(|m| m.architecture().to_string()),
             isa,
-            quant: metadata.and_then(main_weight_type),
+            quant: metadata.and_then(|m| match m {
+                ModelMetadata::Gguf(gguf) => main_weight_type(gguf),
+                // Dummy safetensors weights are bf16, as ggml names the type.
+                ModelMetadata::HfConfig(_) => Some("BF16".to_string()),
+            }),
             arrival: arrival.to_string(),
             concurrency,
             threads,

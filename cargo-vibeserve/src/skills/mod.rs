@@ -23,7 +23,7 @@ pub use change::{Change, ChangeError, Choice};
 pub use facts::{Facts, Unmet};
 pub use front::{AppliesTo, FrontMatter, Layer, MoveSpec, Stage};
 
-use crate::plan::Plan;
+use crate::plan::{DeviceKind, Plan};
 
 /// The skills library, as of this build of the tool.
 static SKILLS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../skills");
@@ -237,8 +237,18 @@ impl Library {
 
     /// Checks every move against a real plan and the template's parts: each field exists,
     /// each value fits its type, each part exists.
+    /// Skills for another device than the plan's are skipped (a CPU plan has no `cuda`
+    /// fields); validate against one plan per device.
     pub fn validate(&self, plan: &Plan, parts: &[&str]) -> Result<(), SkillError> {
+        let device = match plan.device.kind {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        };
         for skill in &self.skills {
+            let devices = skill.front.applies_to.device.as_ref();
+            if devices.is_some_and(|d| !d.iter().any(|x| x == device)) {
+                continue;
+            }
             for choice in skill.choices() {
                 validate_choice(&choice, plan, parts).map_err(|message| SkillError::Invalid {
                     path: format!("{}/{SKILL_FILE}", skill.id),

@@ -36,6 +36,13 @@ pub enum Command {
     Bench(crate::bench::EngineBenchArgs),
     /// Serve the OpenAI-compatible HTTP API with continuous batching.
     Serve(crate::http::launch::ServeArgs),
+    /// Teacher-forced logits of a token sequence on the GPU, as raw f32 (accuracy checks).
+    #[cfg(vibeserve_cuda)]
+    CudaLogits(crate::cuda::bench::LogitsArgs),
+    /// Prefill and decode speed on the GPU at several batch sizes, with the bandwidth
+    /// floor; prints JSON.
+    #[cfg(vibeserve_cuda)]
+    CudaBench(crate::cuda::bench::BenchArgs),
 }
 
 /// Arguments of `server generate`.
@@ -138,6 +145,10 @@ pub enum CliError {
     /// The HTTP server failed to start or stopped with an error.
     #[error(transparent)]
     Serve(#[from] crate::http::launch::ServeError),
+    /// The GPU back end failed.
+    #[cfg(vibeserve_cuda)]
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
     /// The tokenizer could not be read from the model.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
@@ -159,6 +170,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::BenchKernels(args) => bench(&args),
         Command::Bench(args) => crate::bench::run(&args),
         Command::Serve(args) => Ok(crate::http::launch::run(&args)?),
+        #[cfg(vibeserve_cuda)]
+        Command::CudaLogits(args) => Ok(crate::cuda::bench::logits(&args)?),
+        #[cfg(vibeserve_cuda)]
+        Command::CudaBench(args) => Ok(crate::cuda::bench::bench(&args)?),
     }
 }
 

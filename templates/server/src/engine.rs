@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::backend::Backend;
 use crate::batch::Batch;
 use crate::http::error::ApiError;
 use crate::http::metrics::Metrics;
 use crate::http::validate::ValidParams;
 use crate::kv_cache::BlockPool;
-use crate::model::Llama;
 use crate::plan;
 use crate::scheduler::{Logits, Scheduled, Scheduler, SeqId, Sequence, StepPlan};
 use crate::tokenizer::Tokenizer;
@@ -215,9 +215,10 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread, which owns `model` until every handle is dropped.
+/// Starts the engine thread, which owns `model` (the CPU or GPU back end) until every
+/// handle is dropped.
 pub fn start(
-    model: Llama,
+    model: Box<dyn Backend>,
     tokenizer: Arc<Tokenizer>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
@@ -246,7 +247,7 @@ pub fn start(
 
 /// The engine thread's state.
 struct Engine {
-    model: Llama,
+    model: Box<dyn Backend>,
     tokenizer: Arc<Tokenizer>,
     pool: BlockPool,
     scheduler: Scheduler,

@@ -191,6 +191,47 @@ impl Tokenizer {
         })
     }
 
+    /// Builds the tokenizer from a Hugging Face `tokenizer.json` (byte-level BPE) and
+    /// the BOS/EOS ids of the model's `config.json`; BOS is prepended, as Llama 3 does.
+    /// Added tokens marked special are control tokens.
+    pub fn from_hf_file(
+        path: &Path,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+    ) -> Result<Self, TokenizerError> {
+        let special = tokenizers::Tokenizer::from_file(path).map_err(backend)?;
+        let mut plain = special.clone();
+        plain.set_encode_special_tokens(true);
+        let control: std::collections::HashSet<u32> = special
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        let table = char_to_byte();
+        let n = u32::try_from(special.get_vocab_size(true)).map_err(backend)?;
+        let is_control: Vec<bool> = (0..n).map(|id| control.contains(&id)).collect();
+        let texts: Vec<String> = (0..n)
+            .map(|id| special.id_to_token(id).unwrap_or_default())
+            .collect();
+        let token_bytes = texts
+            .iter()
+            .zip(&is_control)
+            .map(|(text, &c)| token_bytes(text, c, &table))
+            .collect();
+        Ok(Self {
+            special,
+            plain,
+            token_bytes,
+            is_control,
+            bos_id,
+            eos_id,
+            eog_ids: eos_id.into_iter().collect(),
+            add_bos: bos_id.is_some(),
+            add_eos: false,
+        })
+    }
+
     /// Token ids of `text`, with BOS/EOS added as the GGUF's `add_bos_token` /
     /// `add_eos_token` say (`add_space_prefix` only concerns SentencePiece vocabularies;
     /// llama.cpp ignores it for byte-level BPE, and so do we). With `parse_special`, special tokens written in the text

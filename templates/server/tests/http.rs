@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -152,6 +152,7 @@ fn openai_http_api_against_the_real_server() {
     openai_python_client(&server);
     sse_framing_with_curl(&server);
     batching_does_not_change_greedy_results(&server);
+    token_id_prompts_match_their_text(&server);
     bad_input_gets_openai_errors(&server);
     a_disconnect_frees_the_sequence(&server);
     an_overload_burst_gets_429_and_accepted_requests_complete(&server);
@@ -230,6 +231,47 @@ fn batching_does_not_change_greedy_results(server: &Server) {
     assert_eq!(
         alone, together,
         "batched greedy output differs from the same requests alone"
+    );
+}
+
+/// A prompt sent as the token ids of its text (as the CUDA targets' workloads send
+/// them) completes exactly as the text does; a one-element list of id lists is the same
+/// prompt; a real batch of several is refused with a 400 naming `prompt`.
+fn token_id_prompts_match_their_text(server: &Server) {
+    let text = "The three primary colours are";
+    let model = std::env::var_os("VIBESERVE_TEST_MODEL").expect("checked at start");
+    let tokenizer = vibeserve_server::tokenizer::Tokenizer::from_gguf_file(Path::new(&model))
+        .expect("the test model's tokenizer loads");
+    // The server adds BOS to a text prompt as `encode(text, true)` does.
+    let ids = tokenizer.encode(text, true).expect("tokenizes");
+    let completion = |prompt: Value| {
+        let r = server.post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 12,
+            "temperature": 0, "ignore_eos": true}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = json_of(&r);
+        assert_eq!(v["usage"]["completion_tokens"], 12, "ignore_eos: {v}");
+        (
+            v["choices"][0]["text"].clone(),
+            v["usage"]["prompt_tokens"].clone(),
+        )
+    };
+    let from_text = completion(json!(text));
+    assert_eq!(from_text.1, json!(ids.len()));
+    assert_eq!(completion(json!(ids)), from_text);
+    assert_eq!(completion(json!([ids])), from_text);
+    let batch = server.post(
+        "/v1/completions",
+        &json!({"prompt": [ids, ids], "max_tokens": 4}),
+    );
+    assert_eq!(batch.status, 400, "{}", batch.body);
+    assert_eq!(
+        json_of(&batch)["error"]["param"],
+        "prompt",
+        "{}",
+        batch.body
     );
 }
 

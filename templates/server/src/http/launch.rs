@@ -12,7 +12,9 @@ use super::metrics::Metrics;
 use super::{AppState, unix_now};
 use crate::chat_template::{ChatTemplate, ChatTemplateError};
 use crate::engine;
-use crate::model::{Llama, ModelError};
+#[cfg(not(vibeserve_cuda))]
+use crate::model::Llama;
+use crate::model::ModelError;
 use crate::plan;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -53,6 +55,10 @@ pub enum ServeError {
         /// What went wrong.
         reason: String,
     },
+    /// The GPU back end failed to start.
+    #[cfg(vibeserve_cuda)]
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
     /// Binding, serving or starting a thread failed.
     #[error("{what}: {source}")]
     Io {
@@ -65,9 +71,8 @@ pub enum ServeError {
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
-    let (tokenizer, chat_template) = load_text_side(&args.model)?;
+    let (tokenizer, chat_template, model) = load(&args.model)?;
     let tokenizer = Arc::new(tokenizer);
-    let model = Llama::load(&args.model, plan::KERNEL_VARIANT, plan::THREADS)?;
     let metrics = Arc::new(Metrics::new());
     let io = |what| move |source| ServeError::Io { what, source };
     let (engine, engine_thread) = engine::start(model, tokenizer.clone(), metrics.clone())
@@ -109,7 +114,26 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The text side and the model back end of a CPU server: all from one GGUF.
+#[cfg(not(vibeserve_cuda))]
+fn load(
+    path: &std::path::Path,
+) -> Result<(Tokenizer, ChatTemplate, Box<dyn crate::backend::Backend>), ServeError> {
+    let (tokenizer, chat_template) = load_text_side(path)?;
+    let model = Llama::load(path, plan::KERNEL_VARIANT, plan::THREADS)?;
+    Ok((tokenizer, chat_template, Box::new(model)))
+}
+
+/// The text side and the model back end of a CUDA server: a Hugging Face model folder.
+#[cfg(vibeserve_cuda)]
+fn load(
+    path: &std::path::Path,
+) -> Result<(Tokenizer, ChatTemplate, Box<dyn crate::backend::Backend>), ServeError> {
+    crate::cuda::serve::load(path)
+}
+
 /// The tokenizer and chat template, from the GGUF's metadata.
+#[cfg(not(vibeserve_cuda))]
 fn load_text_side(path: &std::path::Path) -> Result<(Tokenizer, ChatTemplate), ServeError> {
     let gguf_err = |reason: String| ServeError::Gguf {
         path: path.display().to_string(),

@@ -1,0 +1,235 @@
+//! The CUDA half of a plan: the fields only CUDA targets have, their round-0 values, the
+//! model shape read from a Hugging Face config.json, and the constants of the `cuda`
+//! part's `src/plan_cuda.rs`. CPU plans carry none of it, so their crates are unchanged.
+
+use serde::{Deserialize, Serialize};
+
+use super::{KvCachePlan, ModelPlan, Plan, PlanConst, PlanError, ServingPlan, int_literal};
+use crate::model::HfConfig;
+
+/// The template part of CUDA targets.
+pub const CUDA_PART: &str = "cuda";
+
+/// The template part holding the `materialize` binary that writes a dummy model's weights.
+pub const DUMMY_PART: &str = "dummy";
+
+/// Where the CUDA constants go in a crate with the `cuda` part.
+pub const PLAN_CUDA_RS: &str = "src/plan_cuda.rs";
+
+/// How the device kernels run: what the `cuda` part specialises on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaPlan {
+    /// The GPU architecture nvcc compiles for (`hardware.arch`), e.g. `sm_90a`.
+    pub arch: String,
+    /// Replay decode steps as CUDA graphs (one launch per step instead of ~10 per layer).
+    pub graphs: bool,
+    /// Decode batch sizes captured as CUDA graphs, ascending: a decode step of `b`
+    /// sequences replays the graph of the smallest size ≥ `b` (padding the batch);
+    /// above the largest it launches kernels one by one.
+    pub graph_batch_sizes: Vec<usize>,
+    /// Parts the context is split into by the decode attention kernel (flash-decoding),
+    /// so that a batch-1 decode still fills the GPU's multiprocessors.
+    pub attn_splits: usize,
+    /// Warps per attention block (each walks every `attn_warps`-th key of its split).
+    pub attn_warps: usize,
+    /// Threads per RMSNorm block (one block per row).
+    pub norm_threads: usize,
+    /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).
+    pub elemwise_threads: usize,
+    /// Threads per token-selection block (one block scans one vocabulary row).
+    pub sample_threads: usize,
+    /// cuBLAS workspace in bytes, set once so that graph capture never allocates.
+    pub cublas_workspace_bytes: usize,
+}
+
+/// How RoPE is stretched for contexts beyond the trained one (Llama 3.1+'s `llama3`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScalingPlan {
+    /// `factor`: how much longer the context is than the original.
+    pub factor: f32,
+    /// `low_freq_factor`: wavelengths above `original / low_freq_factor` are divided by `factor`.
+    pub low_freq_factor: f32,
+    /// `high_freq_factor`: wavelengths below `original / high_freq_factor` are kept.
+    pub high_freq_factor: f32,
+    /// `original_max_position_embeddings`: the context the model was first trained for.
+    pub original_max_position: usize,
+}
+
+/// Round 0's CUDA kernels: graphs for every power-of-two batch up to 128 (vLLM captures
+/// a similar ladder), 16 attention splits of 4 warps, 256-thread row kernels, a
+/// 1024-thread sampler and cuBLAS's recommended 32 MiB workspace for Hopper.
+pub fn default_cuda(arch: &str) -> CudaPlan {
+    CudaPlan {
+        arch: arch.to_string(),
+        graphs: true,
+        graph_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64, 128],
+        attn_splits: 16,
+        attn_warps: 4,
+        norm_threads: 256,
+        elemwise_threads: 256,
+        sample_threads: 1024,
+        cublas_workspace_bytes: 32 << 20,
+    }
+}
+
+/// Round 0's batching on a GPU: vLLM's defaults (256 sequences, 8192 tokens a step),
+/// prompts of up to 2048 tokens in one chunk.
+pub const DEFAULT_CUDA_SERVING: ServingPlan = ServingPlan {
+    max_batch_seqs: 256,
+    max_batch_tokens: 8192,
+    prefill_chunk: 2048,
+    max_queue: 1024,
+};
+
+/// Round 0's KV-cache budget on a GPU, in MiB: what an 80 GB card has left beside an
+/// 8B model's 16 GB of bf16 weights, with room for activations and graphs.
+pub const DEFAULT_CUDA_KV_MEMORY_MIB: usize = 32 * 1024;
+
+/// RoPE scaling type the CUDA kernels implement.
+const LLAMA3_ROPE: &str = "llama3";
+
+impl ModelPlan {
+    /// The model's shape from a Hugging Face config.json.
+    pub fn from_hf_config(config: &HfConfig) -> Result<ModelPlan, PlanError> {
+        let rope_scaling = match &config.rope_scaling {
+            None => None,
+            Some(s) if s.rope_type == LLAMA3_ROPE => Some(RopeScalingPlan {
+                factor: s.factor,
+                low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: s.high_freq_factor.unwrap_or(1.0),
+                original_max_position: s
+                    .original_max_position_embeddings
+                    .unwrap_or(config.max_position_embeddings)
+                    as usize,
+            }),
+            Some(s) => return Err(PlanError::UnsupportedRopeScaling(s.rope_type.clone())),
+        };
+        let n = |v: u64| v as usize;
+        Ok(ModelPlan {
+            arch: config.model_type.clone(),
+            n_layers: n(config.num_hidden_layers),
+            n_embd: n(config.hidden_size),
+            n_ff: n(config.intermediate_size),
+            n_heads: n(config.num_attention_heads),
+            n_kv_heads: n(config.kv_heads()),
+            head_dim: n(config.head_dim()),
+            vocab_size: n(config.vocab_size),
+            context_length: n(config.max_position_embeddings),
+            rope_theta: config.rope_theta(),
+            rms_norm_eps: config.rms_norm_eps(),
+            tied_embeddings: config.tie_word_embeddings,
+            rope_scaling,
+        })
+    }
+}
+
+impl Plan {
+    /// This plan made for a CUDA device of architecture `arch`: the `cuda` part, the
+    /// CUDA kernels' round-0 values, and GPU-sized batching and KV cache.
+    pub fn for_cuda(mut self, arch: &str) -> Plan {
+        self.parts.insert(CUDA_PART.to_string());
+        self.cuda = Some(default_cuda(arch));
+        self.serving = DEFAULT_CUDA_SERVING;
+        self.kv_cache = KvCachePlan::for_budget(
+            &self.model,
+            self.kv_cache.block_size,
+            self.kv_cache.dtype,
+            DEFAULT_CUDA_KV_MEMORY_MIB,
+        );
+        self
+    }
+
+    /// The constants of `src/plan_cuda.rs`, in file order; `None` for a plan with no CUDA.
+    pub fn cuda_constants(&self) -> Option<Vec<PlanConst>> {
+        let cuda = self.cuda.as_ref()?;
+        let c = |name, value: String| PlanConst { name, value };
+        let int = |x: usize| int_literal(x as u64);
+        let sizes: Vec<String> = cuda.graph_batch_sizes.iter().map(|&b| int(b)).collect();
+        Some(vec![
+            c("CUDA_ARCH", format!("{:?}", cuda.arch)),
+            c("CUDA_GRAPHS", cuda.graphs.to_string()),
+            c("CUDA_GRAPH_BATCH_SIZES", format!("&[{}]", sizes.join(", "))),
+            c("ATTN_SPLITS", int(cuda.attn_splits)),
+            c("ATTN_WARPS", int(cuda.attn_warps)),
+            c("CUDA_NORM_THREADS", int(cuda.norm_threads)),
+            c("CUDA_ELEMWISE_THREADS", int(cuda.elemwise_threads)),
+            c("CUDA_SAMPLE_THREADS", int(cuda.sample_threads)),
+            c("CUBLAS_WORKSPACE_BYTES", int(cuda.cublas_workspace_bytes)),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::plan::{DeviceKind, DevicePlan, KernelVariant};
+
+    /// Llama-3.2-1B's config.json, trimmed to the keys the plan reads.
+    const LLAMA_1B: &str = r#"{"model_type": "llama", "hidden_size": 2048,
+        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-05,
+        "tie_word_embeddings": true, "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}}"#;
+
+    fn parse(text: &str) -> HfConfig {
+        HfConfig::parse(text, Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn a_llama3_config_gives_the_models_shape_and_rope_scaling() {
+        let m = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
+        assert_eq!((m.n_layers, m.n_embd, m.n_ff), (16, 2048, 8192));
+        assert_eq!((m.n_heads, m.n_kv_heads, m.head_dim), (32, 8, 64));
+        assert_eq!(
+            (m.vocab_size, m.rope_theta, m.rms_norm_eps),
+            (128_256, 500_000.0, 1e-5)
+        );
+        assert!(m.tied_embeddings);
+        let rope = m.rope_scaling.unwrap();
+        assert_eq!(
+            (
+                rope.factor,
+                rope.high_freq_factor,
+                rope.original_max_position
+            ),
+            (32.0, 4.0, 8192)
+        );
+    }
+
+    #[test]
+    fn rope_scaling_other_than_llama3_is_refused() {
+        let yarn = LLAMA_1B.replace("\"llama3\"", "\"yarn\"");
+        let err = ModelPlan::from_hf_config(&parse(&yarn)).unwrap_err();
+        assert!(err.to_string().contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn a_cuda_plan_renders_every_cuda_constant_and_a_cpu_plan_none() {
+        let model = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
+        let device = DevicePlan {
+            kind: DeviceKind::Cuda,
+            threads: 1,
+            kernel_variant: KernelVariant::Auto,
+        };
+        let cpu = Plan::round0("t", model, device);
+        assert!(cpu.cuda_constants().is_none());
+        let cuda = cpu.for_cuda("sm_90a");
+        let consts = cuda.cuda_constants().unwrap();
+        let get = |n: &str| consts.iter().find(|c| c.name == n).unwrap().value.clone();
+        assert_eq!(get("CUDA_ARCH"), "\"sm_90a\"");
+        assert_eq!(
+            get("CUDA_GRAPH_BATCH_SIZES"),
+            "&[1, 2, 4, 8, 16, 32, 64, 128]"
+        );
+        assert_eq!(get("CUBLAS_WORKSPACE_BYTES"), "33_554_432");
+        assert!(cuda.parts.contains(CUDA_PART));
+        // 32 GiB of f16 KV at 32 KiB a token (16 layers x 8 heads x 64 x 2 x 2 bytes).
+        assert_eq!(cuda.kv_cache.blocks * cuda.kv_cache.block_size, 1 << 20);
+    }
+}

@@ -1,0 +1,373 @@
+// The CUDA part's kernels: everything of a Llama forward pass except the matrix
+// products (cuBLAS). Launch shapes come from the Rust side (src/plan.rs).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "launchers.h"
+
+typedef __nv_bfloat16 bf16;
+
+// Finite stand-in for -infinity: exp(NEG_BIG - NEG_BIG) stays 1, never NaN.
+#define NEG_BIG (-1e30f)
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block; every thread gets the result. blockDim.x <= 1024.
+static __device__ float block_sum(float v) {
+  __shared__ float part[32];
+  v = warp_sum(v);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  int n = (blockDim.x + 31) >> 5;
+  v = lane < n ? part[lane] : 0.f;
+  return warp_sum(v);
+}
+
+static int launched(void) { return (int)cudaGetLastError(); }
+
+static cudaStream_t as_stream(vs_stream s) { return (cudaStream_t)s; }
+
+// ---------------------------------------------------------------- embedding
+
+__global__ void embed_kernel(const int32_t *tokens, const bf16 *table, float *out, int dim) {
+  const __nv_bfloat162 *row = (const __nv_bfloat162 *)(table + (size_t)tokens[blockIdx.x] * dim);
+  float2 *o = (float2 *)(out + (size_t)blockIdx.x * dim);
+  for (int i = threadIdx.x; i < dim / 2; i += blockDim.x) o[i] = __bfloat1622float2(row[i]);
+}
+
+extern "C" int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens,
+                        const uint16_t *table, float *out, int dim, int threads) {
+  if (n_tokens == 0) return 0;
+  embed_kernel<<<n_tokens, threads, 0, as_stream(stream)>>>(tokens, (const bf16 *)table, out, dim);
+  return launched();
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+// The residual add happens in the matrix products' epilogue (cuBLAS accumulates into
+// the f32 residual with beta = 1), so the norm reads the updated stream once.
+__global__ void rmsnorm_kernel(const float *resid, const int32_t *rows, const bf16 *weight,
+                               bf16 *out, int dim, float eps) {
+  int r = rows ? rows[blockIdx.x] : blockIdx.x;
+  const float4 *x = (const float4 *)(resid + (size_t)r * dim);
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < dim / 4; i += blockDim.x) {
+    float4 v = x[i];
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  float scale = rsqrtf(block_sum(ss) / dim + eps);
+  __nv_bfloat162 *o = (__nv_bfloat162 *)(out + (size_t)blockIdx.x * dim);
+  const __nv_bfloat162 *w = (const __nv_bfloat162 *)weight;
+  for (int i = threadIdx.x; i < dim / 4; i += blockDim.x) {
+    float4 v = x[i];
+    float2 w0 = __bfloat1622float2(w[2 * i]), w1 = __bfloat1622float2(w[2 * i + 1]);
+    o[2 * i] = __floats2bfloat162_rn(v.x * scale * w0.x, v.y * scale * w0.y);
+    o[2 * i + 1] = __floats2bfloat162_rn(v.z * scale * w1.x, v.w * scale * w1.y);
+  }
+}
+
+extern "C" int vs_rmsnorm(vs_stream stream, const float *resid, const int32_t *rows, int n_rows,
+                          const uint16_t *weight, uint16_t *out, int dim, float eps,
+                          int threads) {
+  if (n_rows == 0) return 0;
+  if (dim % 4 != 0) return (int)cudaErrorInvalidValue;
+  rmsnorm_kernel<<<n_rows, threads, 0, as_stream(stream)>>>(resid, rows, (const bf16 *)weight,
+                                                           (bf16 *)out, dim, eps);
+  return launched();
+}
+
+// ---------------------------------------------------------------- RoPE + KV write
+
+__global__ void rope_kv_kernel(bf16 *qkv, const int32_t *positions, const int32_t *slots,
+                               const float2 *cos_sin, bf16 *k_cache, bf16 *v_cache,
+                               int n_heads, int n_kv, int hd, int bs) {
+  int t = blockIdx.x, half = hd / 2;
+  bf16 *row = qkv + (size_t)t * (n_heads + 2 * n_kv) * hd;
+  const float2 *cs = cos_sin + (size_t)positions[t] * half;
+  int slot = slots[t], block = slot / bs, off = slot % bs;
+  for (int i = threadIdx.x; i < (n_heads + n_kv) * half; i += blockDim.x) {
+    int head = i / half, j = i % half;
+    bf16 *h = row + head * hd;
+    float x1 = __bfloat162float(h[j]), x2 = __bfloat162float(h[j + half]);
+    float2 c = cs[j];
+    bf16 o1 = __float2bfloat16(x1 * c.x - x2 * c.y);
+    bf16 o2 = __float2bfloat16(x2 * c.x + x1 * c.y);
+    if (head < n_heads) {
+      h[j] = o1;
+      h[j + half] = o2;
+    } else {
+      bf16 *k = k_cache + (((size_t)block * n_kv + (head - n_heads)) * bs + off) * hd;
+      k[j] = o1;
+      k[j + half] = o2;
+    }
+  }
+  const bf16 *v = row + (n_heads + n_kv) * hd;
+  for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x) {
+    int head = i / hd, j = i % hd;
+    v_cache[(((size_t)block * n_kv + head) * bs + off) * hd + j] = v[i];
+  }
+}
+
+extern "C" int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const int32_t *positions,
+                          const int32_t *slots, const float *cos_sin, uint16_t *k_cache,
+                          uint16_t *v_cache, int n_heads, int n_kv_heads, int head_dim,
+                          int block_size, int threads) {
+  if (n_tokens == 0) return 0;
+  rope_kv_kernel<<<n_tokens, threads, 0, as_stream(stream)>>>(
+      (bf16 *)qkv, positions, slots, (const float2 *)cos_sin, (bf16 *)k_cache, (bf16 *)v_cache,
+      n_heads, n_kv_heads, head_dim, block_size);
+  return launched();
+}
+
+// ---------------------------------------------------------------- attention
+
+// Loads E consecutive bf16 as floats (E = 2 or 4: one 4- or 8-byte load).
+template <int E>
+static __device__ __forceinline__ void load_bf16(const bf16 *p, float (&v)[E]) {
+  if constexpr (E == 2) {
+    float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)p);
+    v[0] = f.x;
+    v[1] = f.y;
+  } else {
+    uint2 raw = *(const uint2 *)p;
+    float2 a = __bfloat1622float2(*(__nv_bfloat162 *)&raw.x);
+    float2 b = __bfloat1622float2(*(__nv_bfloat162 *)&raw.y);
+    v[0] = a.x;
+    v[1] = a.y;
+    v[2] = b.x;
+    v[3] = b.y;
+  }
+}
+
+// One block per (query token, kv head, split); each warp walks every `warps`-th position
+// of the split with an online softmax for the G query heads sharing the kv head (the
+// K/V rows are read once for the group). Lane l holds elements l*E..l*E+E-1 of a head.
+// Output: per (token, head, split) the unnormalised sum (hd floats), then max and sum.
+template <int HD, int G>
+__global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf16 *v_cache,
+                                 const int32_t *block_tables, const int32_t *table_stride,
+                                 const int32_t *q_seq, const int32_t *q_ctx, float *partial,
+                                 int n_kv, int bs, float scale) {
+  constexpr int E = HD / 32;
+  extern __shared__ float smem[];
+  int t = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, splits = gridDim.z;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  int n_heads = n_kv * G;
+  int ctx = q_ctx[t];
+  int per = (ctx + splits - 1) / splits;
+  int beg = s * per, end = min(ctx, beg + per);
+  const bf16 *qrow = qkv + (size_t)t * (n_heads + 2 * n_kv) * HD + (size_t)kh * G * HD;
+  float q[G][E], acc[G][E], m[G], l[G];
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    load_bf16<E>(qrow + g * HD + lane * E, q[g]);
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      q[g][e] *= scale;
+      acc[g][e] = 0.f;
+    }
+    m[g] = NEG_BIG;
+    l[g] = 0.f;
+  }
+  const int32_t *table = block_tables + (size_t)q_seq[t] * *table_stride;
+  for (int p = beg + warp; p < end; p += warps) {
+    size_t base = (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + lane * E;
+    float k[E], v[E];
+    load_bf16<E>(k_cache + base, k);
+    load_bf16<E>(v_cache + base, v);
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+      float d = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; e++) d += q[g][e] * k[e];
+      d = warp_sum(d);
+      float mn = fmaxf(m[g], d);
+      float corr = __expf(m[g] - mn), w = __expf(d - mn);
+      l[g] = l[g] * corr + w;
+#pragma unroll
+      for (int e = 0; e < E; e++) acc[g][e] = acc[g][e] * corr + w * v[e];
+      m[g] = mn;
+    }
+  }
+  // Merge the warps: smem holds [warp][g] (m, l) then [warp][g][HD] sums.
+  float *ml = smem, *sums = smem + warps * G * 2;
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    if (lane == 0) {
+      ml[(warp * G + g) * 2] = m[g];
+      ml[(warp * G + g) * 2 + 1] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) sums[(warp * G + g) * HD + lane * E + e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * (HD + 2); i += blockDim.x) {
+    int g = i / (HD + 2), d = i % (HD + 2);
+    float mx = NEG_BIG;
+    for (int w = 0; w < warps; w++) mx = fmaxf(mx, ml[(w * G + g) * 2]);
+    float r = 0.f;
+    for (int w = 0; w < warps; w++) {
+      float f = __expf(ml[(w * G + g) * 2] - mx);
+      r += f * (d < HD ? sums[(w * G + g) * HD + d] : (d == HD ? 0.f : ml[(w * G + g) * 2 + 1]));
+    }
+    if (d == HD) r = mx;
+    int head = kh * G + g;
+    partial[(((size_t)t * n_heads + head) * splits + s) * (HD + 2) + d] = r;
+  }
+}
+
+// Merges the splits of one (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+__global__ void attention_merge_kernel(const float *partial, bf16 *out, int splits, int hd) {
+  int t = blockIdx.x, head = blockIdx.y, n_heads = gridDim.y;
+  const float *p = partial + ((size_t)t * n_heads + head) * splits * (hd + 2);
+  float mx = NEG_BIG;
+  for (int s = 0; s < splits; s++) mx = fmaxf(mx, p[s * (hd + 2) + hd]);
+  float den = 0.f;
+  for (int s = 0; s < splits; s++) den += __expf(p[s * (hd + 2) + hd] - mx) * p[s * (hd + 2) + hd + 1];
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float num = 0.f;
+    for (int s = 0; s < splits; s++) num += __expf(p[s * (hd + 2) + hd] - mx) * p[s * (hd + 2) + d];
+    out[((size_t)t * n_heads + head) * hd + d] = __float2bfloat16(num / den);
+  }
+}
+
+template <int HD, int G>
+static int attention_launch(cudaStream_t st, const uint16_t *qkv, int n_tokens, const uint16_t *kc,
+                            const uint16_t *vc, const int32_t *bt, const int32_t *table_stride,
+                            const int32_t *q_seq, const int32_t *q_ctx, float *partial,
+                            int n_kv, int bs, int splits, int warps) {
+  dim3 grid(n_tokens, n_kv, splits);
+  size_t smem = (size_t)warps * G * (HD + 2) * sizeof(float);
+  attention_kernel<HD, G><<<grid, warps * 32, smem, st>>>(
+      (const bf16 *)qkv, (const bf16 *)kc, (const bf16 *)vc, bt, table_stride, q_seq, q_ctx,
+      partial, n_kv, bs, rsqrtf((float)HD));
+  return launched();
+}
+
+template <int HD>
+static int attention_by_group(cudaStream_t st, int group, const uint16_t *qkv, int n_tokens,
+                              const uint16_t *kc, const uint16_t *vc, const int32_t *bt,
+                              const int32_t *table_stride, const int32_t *q_seq, const int32_t *q_ctx,
+                              float *partial, int n_kv, int bs, int splits, int warps) {
+  switch (group) {
+    case 1: return attention_launch<HD, 1>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 2: return attention_launch<HD, 2>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 4: return attention_launch<HD, 4>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 8: return attention_launch<HD, 8>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
+                            const uint16_t *k_cache, const uint16_t *v_cache,
+                            const int32_t *block_tables, const int32_t *table_stride, const int32_t *q_seq,
+                            const int32_t *q_ctx, float *partial, uint16_t *out, int n_heads,
+                            int n_kv_heads, int head_dim, int block_size, int splits,
+                            int warps) {
+  if (n_tokens == 0) return 0;
+  if (n_heads % n_kv_heads != 0) return (int)cudaErrorInvalidValue;
+  cudaStream_t st = as_stream(stream);
+  int group = n_heads / n_kv_heads, rc;
+  if (head_dim == 64)
+    rc = attention_by_group<64>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, table_stride, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
+  else if (head_dim == 128)
+    rc = attention_by_group<128>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, table_stride, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
+  else
+    return (int)cudaErrorInvalidValue;
+  if (rc != 0) return rc;
+  attention_merge_kernel<<<dim3(n_tokens, n_heads), head_dim, 0, st>>>(partial, (bf16 *)out,
+                                                                       splits, head_dim);
+  return launched();
+}
+
+// ---------------------------------------------------------------- SwiGLU
+
+__global__ void swiglu_kernel(const bf16 *gate_up, bf16 *out, int ff) {
+  const __nv_bfloat162 *g = (const __nv_bfloat162 *)(gate_up + (size_t)blockIdx.y * 2 * ff);
+  const __nv_bfloat162 *u = g + ff / 2;
+  __nv_bfloat162 *o = (__nv_bfloat162 *)(out + (size_t)blockIdx.y * ff);
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= ff / 2) return;
+  float2 a = __bfloat1622float2(g[i]), b = __bfloat1622float2(u[i]);
+  o[i] = __floats2bfloat162_rn(a.x / (1.f + __expf(-a.x)) * b.x, a.y / (1.f + __expf(-a.y)) * b.y);
+}
+
+extern "C" int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens,
+                         int ff, int threads) {
+  if (n_tokens == 0) return 0;
+  if (ff % 2 != 0) return (int)cudaErrorInvalidValue;
+  dim3 grid((ff / 2 + threads - 1) / threads, n_tokens);
+  swiglu_kernel<<<grid, threads, 0, as_stream(stream)>>>((const bf16 *)gate_up, (bf16 *)out, ff);
+  return launched();
+}
+
+// ---------------------------------------------------------------- token selection
+
+// SplitMix64: a counter-based hash, so a draw depends only on (seed, index).
+static __device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+__global__ void sample_kernel(const float *logits, int vocab, const float *temps,
+                              const uint64_t *seeds, int32_t *out) {
+  __shared__ float best_v[32];
+  __shared__ int best_i[32];
+  const float *row = logits + (size_t)blockIdx.x * vocab;
+  float temp = temps[blockIdx.x];
+  uint64_t seed = seeds[blockIdx.x];
+  float bv = -INFINITY;
+  int bi = 0;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    float v = row[i];
+    if (temp > 0.f) {
+      // Uniform in (0, 1) from the top 24 bits; Gumbel noise -log(-log(u)).
+      float u = ((float)(mix64(seed ^ (uint64_t)i * 0x9e3779b97f4a7c15ull) >> 40) + 0.5f) * (1.f / 16777216.f);
+      v = v / temp - __logf(-__logf(u));
+    }
+    if (v > bv) {
+      bv = v;
+      bi = i;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (lane == 0) {
+    best_v[warp] = bv;
+    best_i[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < warps; w++)
+      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
+        bv = best_v[w];
+        bi = best_i[w];
+      }
+    out[blockIdx.x] = bi;
+  }
+}
+
+extern "C" int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab,
+                         const float *temps, const uint64_t *seeds, int32_t *out, int threads) {
+  if (n_rows == 0) return 0;
+  if (threads % 32 != 0 || threads > 1024) return (int)cudaErrorInvalidValue;
+  sample_kernel<<<n_rows, threads, 0, as_stream(stream)>>>(logits, vocab, temps, seeds, out);
+  return launched();
+}

@@ -1,0 +1,57 @@
+/* The CUDA part's kernels, as C launchers the Rust side calls (bindgen reads this file).
+ * Every launcher enqueues on `stream` and returns the launch's cudaError_t as an int
+ * (0 = success). Shapes are in elements; matrices are row-major; bf16 is passed as
+ * `uint16_t` bit patterns so the header needs no CUDA include. */
+#ifndef VIBESERVE_LAUNCHERS_H
+#define VIBESERVE_LAUNCHERS_H
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void *vs_stream;
+
+/* out[t, :] = float(table[tokens[t], :]) for t < n_tokens (the f32 residual stream). */
+int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens, const uint16_t *table,
+             float *out, int dim, int threads);
+
+/* out[r, :] = bf16(x * rsqrt(mean(x^2) + eps) * weight) with x = resid[rows[r], :]
+ * (rows NULL: x = resid[r, :]) for r < n_rows. */
+int vs_rmsnorm(vs_stream stream, const float *resid, const int32_t *rows, int n_rows,
+               const uint16_t *weight, uint16_t *out, int dim, float eps, int threads);
+
+/* Rotates the q and k heads of each qkv row in place (rotate-half RoPE from the
+ * [positions][head_dim/2] (cos, sin) table) and writes k and v into the paged cache at
+ * slot slots[t] (block slots[t] / block_size, offset slots[t] % block_size; cache layout
+ * [block][kv_head][offset][head_dim]). */
+int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const int32_t *positions,
+               const int32_t *slots, const float *cos_sin, uint16_t *k_cache,
+               uint16_t *v_cache, int n_heads, int n_kv_heads, int head_dim, int block_size,
+               int threads);
+
+/* Attention of every query token over positions 0..q_ctx[t]-1 of its sequence's paged
+ * cache (block table row q_seq[t] of `block_tables`, whose rows are *table_stride wide:
+ * read on the device, so a captured graph serves any table length), split into
+ * `splits` parts of the context (flash-decoding), then merged into out [t, n_heads*head_dim]
+ * (bf16). q is read from the qkv rows. `partial` holds n_tokens*n_heads*splits*(head_dim+2)
+ * floats. head_dim must be 64 or 128 and n_heads / n_kv_heads 1, 2, 4 or 8. */
+int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens, const uint16_t *k_cache,
+                 const uint16_t *v_cache, const int32_t *block_tables,
+                 const int32_t *table_stride, const int32_t *q_seq, const int32_t *q_ctx, float *partial, uint16_t *out,
+                 int n_heads, int n_kv_heads, int head_dim, int block_size, int splits,
+                 int warps);
+
+/* out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i] for i < ff. */
+int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens, int ff,
+              int threads);
+
+/* Token selection per logits row: argmax when temps[r] <= 0, else a draw from
+ * softmax(logits / temps[r]) by the Gumbel-max trick seeded with seeds[r]. */
+int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab, const float *temps,
+              const uint64_t *seeds, int32_t *out, int threads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,47 @@
+"""Compare our server's teacher-forced logits with Hugging Face transformers'.
+
+Usage: python hf_compare.py MODEL_DIR TOKENS_FILE OUR_LOGITS_F32 OUT_JSON
+
+The reference is transformers' LlamaForCausalLM on the same bf16 weights computed in
+float32. Reported: ‖ours − ref‖ / ‖ref‖ over all logits, the share of positions where
+our top-1 token equals the reference's, and the same two figures for transformers in
+bf16 (the noise bf16 arithmetic alone gives, for scale).
+"""
+import json
+import sys
+
+import numpy as np
+import torch
+from transformers import LlamaForCausalLM
+
+
+def figures(ours, ref):
+    rel = (torch.linalg.vector_norm(ours - ref) / torch.linalg.vector_norm(ref)).item()
+    top1 = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return {"logits_rel_err": rel, "top1_agreement": top1}
+
+
+@torch.no_grad()
+def hf_logits(model_dir, ids, dtype):
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to("cuda").eval()
+    out = model(input_ids=ids).logits[0].float()
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def main():
+    model_dir, tokens_file, ours_file, out_file = sys.argv[1:5]
+    tokens = [int(t) for t in open(tokens_file).read().replace(",", " ").split()]
+    ids = torch.tensor([tokens], device="cuda")
+    ours = torch.from_numpy(np.fromfile(ours_file, dtype="<f4")).to("cuda").view(len(tokens), -1)
+    ref = hf_logits(model_dir, ids, torch.float32)
+    report = {"tokens": len(tokens), "ours_vs_hf_f32": figures(ours, ref), "nan": bool(torch.isnan(ours).any())}
+    report["hf_bf16_vs_hf_f32"] = figures(hf_logits(model_dir, ids, torch.bfloat16), ref)
+    with open(out_file, "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+//! The model back end the engine drives: one step's batch in, its logits out. The CPU
+//! model ([`crate::model::Llama`]) is one implementation; the `cuda` part adds the GPU's.
+
+use crate::batch::Batch;
+use crate::kv_cache::BlockPool;
+
+/// What the engine needs from a model.
+pub trait Backend: Send {
+    /// Runs one step: every token of `batch` through the model, its K/V into the
+    /// cache blocks that `pool` handed out, and `logits` resized to
+    /// `L × VOCAB_SIZE` for the batch's `L` logit tokens, in order.
+    fn forward(
+        &mut self,
+        batch: &Batch<'_>,
+        pool: &mut BlockPool,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), String>;
+}
+
+impl Backend for crate::model::Llama {
+    fn forward(
+        &mut self,
+        batch: &Batch<'_>,
+        pool: &mut BlockPool,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        Self::forward(self, batch, pool, logits).map_err(|e| e.to_string())
+    }
+}

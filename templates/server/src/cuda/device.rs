@@ -1,0 +1,242 @@
+//! The GPU: context and stream (cudarc, loaded at run time), device buffers, and the
+//! cuBLAS matrix products.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{CudaContext, CudaStream, result as drv, sys as drv_sys};
+
+use super::CudaError;
+use crate::plan_cuda;
+
+/// The device the model runs on: one context, one stream, one cuBLAS handle.
+pub struct Gpu {
+    /// The primary context of device 0.
+    pub ctx: Arc<CudaContext>,
+    /// The stream every kernel and copy goes to.
+    pub stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
+    /// cuBLAS workspace, set once so graph capture never allocates.
+    _workspace: DevBuf,
+}
+
+impl Gpu {
+    /// Opens device 0 and checks it is the architecture the kernels were built for.
+    pub fn open() -> Result<Self, CudaError> {
+        // cudarc panics on first use of a library it cannot load: ask first.
+        // SAFETY: only tries to dlopen the libraries.
+        if !unsafe { drv_sys::is_culib_present() } {
+            return Err(CudaError::NoDevice(
+                "the CUDA driver library (libcuda.so) is not installed".into(),
+            ));
+        }
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(CudaError::NoDevice(
+                "cuBLAS (libcublas.so.13) is not on the library path".into(),
+            ));
+        }
+        let ctx = CudaContext::new(0).map_err(|e| CudaError::NoDevice(e.to_string()))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| CudaError::NoDevice(e.to_string()))?;
+        let have = format!("sm_{major}{minor}");
+        if !plan_cuda::CUDA_ARCH.starts_with(&have) {
+            let name = ctx.name().unwrap_or_default();
+            return Err(CudaError::WrongArch {
+                device: name,
+                have,
+                want: plan_cuda::CUDA_ARCH,
+            });
+        }
+        // One stream and no other users: cudarc's per-buffer event tracking is not needed.
+        // SAFETY: called before any buffer exists.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(CudaError::driver)?;
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone())
+            .map_err(|e| CudaError::Blas(e.to_string()))?;
+        let workspace = DevBuf::new(plan_cuda::CUBLAS_WORKSPACE_BYTES)?;
+        // SAFETY: the handle and the workspace are live; the workspace outlives the handle
+        // (fields drop in order: blas before _workspace).
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                workspace.ptr as *mut c_void,
+                workspace.bytes,
+            )
+            .result()
+            .map_err(|e| CudaError::Blas(e.to_string()))?;
+        }
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            _workspace: workspace,
+        })
+    }
+
+    /// The raw stream handle the launchers take.
+    pub fn raw_stream(&self) -> *mut c_void {
+        self.stream.cu_stream() as *mut c_void
+    }
+
+    /// Waits for every queued operation.
+    pub fn sync(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(CudaError::driver)
+    }
+
+    /// `y[n, m] (+)= x[n, k] · w[m, k]ᵀ` on bf16 operands with f32 accumulation; `y` is
+    /// bf16, or f32 when `y_f32`, and with `accumulate` the product is added to it (the
+    /// residual add of o_proj and down_proj).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        y_f32: bool,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
+        let bf = blas_sys::cudaDataType::CUDA_R_16BF;
+        let c_type = if y_f32 {
+            blas_sys::cudaDataType::CUDA_R_32F
+        } else {
+            bf
+        };
+        let dim = |v: usize| {
+            i32::try_from(v)
+                .map_err(|_| CudaError::Model(format!("matrix dimension {v} too large")))
+        };
+        // Column-major view: yᵀ[m, n] = op(w)[m, k] · xᵀ[k, n], w stored as [k, m] column-major.
+        // SAFETY: the pointers are live device buffers of the stated shapes (callers size them
+        // from the same config).
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                dim(m)?,
+                dim(n)?,
+                dim(k)?,
+                (&alpha as *const f32).cast(),
+                w as *const c_void,
+                bf,
+                dim(k)?,
+                x as *const c_void,
+                bf,
+                dim(k)?,
+                (&beta as *const f32).cast(),
+                y as *mut c_void,
+                c_type,
+                dim(m)?,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaError::Blas(e.to_string()))
+    }
+
+    /// Copies host values into a device buffer (ordered on the stream; the host slice
+    /// must stay alive and unchanged until the stream reaches the copy).
+    pub fn upload<T>(&self, dst: u64, src: &[T]) -> Result<(), CudaError> {
+        // SAFETY: dst holds at least size_of_val(src) bytes (callers' sizing).
+        unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(CudaError::driver)
+    }
+
+    /// Copies a device buffer into host values and waits for it.
+    pub fn download<T>(&self, dst: &mut [T], src: u64) -> Result<(), CudaError> {
+        // SAFETY: src holds at least size_of_val(dst) bytes (callers' sizing).
+        unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(CudaError::driver)?;
+        self.sync()
+    }
+}
+
+/// A device allocation, freed on drop.
+pub struct DevBuf {
+    /// Device address.
+    pub ptr: u64,
+    /// Size in bytes.
+    pub bytes: usize,
+}
+
+impl DevBuf {
+    /// Allocates `bytes` of device memory (uninitialised); out of memory is `CudaError::OutOfMemory`.
+    pub fn new(bytes: usize) -> Result<Self, CudaError> {
+        // SAFETY: plain allocation in the current context.
+        match unsafe { drv::malloc_sync(bytes.max(1)) } {
+            Ok(ptr) => Ok(Self { ptr, bytes }),
+            Err(e) if e.0 == drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                let free = drv::mem_get_info().map(|(f, _)| f).unwrap_or(0);
+                Err(CudaError::OutOfMemory {
+                    wanted: bytes,
+                    free,
+                })
+            }
+            Err(e) => Err(CudaError::driver(e)),
+        }
+    }
+
+    /// Allocates and zeroes.
+    pub fn zeroed(bytes: usize) -> Result<Self, CudaError> {
+        let buf = Self::new(bytes)?;
+        // SAFETY: the buffer holds `bytes` bytes.
+        unsafe { drv::memset_d8_sync(buf.ptr, 0, bytes) }.map_err(CudaError::driver)?;
+        Ok(buf)
+    }
+
+    /// The address `offset` bytes in.
+    pub fn at(&self, offset: usize) -> u64 {
+        self.ptr + offset as u64
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_sync and freed once; errors at teardown are moot.
+        let _ = unsafe { drv::free_sync(self.ptr) };
+    }
+}
+
+/// Turns a launcher's return code into an error naming the kernel.
+pub fn check(kernel: &'static str, rc: i32) -> Result<(), CudaError> {
+    match rc {
+        0 => Ok(()),
+        2 => Err(CudaError::OutOfMemory {
+            wanted: 0,
+            free: drv::mem_get_info().map(|(f, _)| f).unwrap_or(0),
+        }),
+        code => Err(CudaError::Kernel { kernel, code }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_without_a_usable_gpu_is_an_error_not_a_panic() {
+        match Gpu::open() {
+            Ok(_) | Err(CudaError::WrongArch { .. }) => {}
+            Err(CudaError::NoDevice(msg)) => assert!(!msg.is_empty()),
+            Err(e) => panic!("unexpected error opening the GPU: {e}"),
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn upload_and_download_round_trip() {
+        let gpu = Gpu::open().expect("a CUDA device");
+        let data: Vec<f32> = (0..4096).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let buf = DevBuf::new(data.len() * 4).expect("device memory");
+        gpu.upload(buf.ptr, &data).expect("upload");
+        let mut back = vec![0f32; data.len()];
+        gpu.download(&mut back, buf.ptr).expect("download");
+        assert_eq!(back, data);
+    }
+}

@@ -1,0 +1,510 @@
+//! The Llama forward pass on the GPU: fixed device buffers sized for the largest step,
+//! one enqueue of every kernel and product of a step, and CUDA graphs of the decode
+//! step per batch-size bucket (so a decode step is one graph launch, not ~150 launches).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cudarc::driver::{CudaGraph, sys as drv_sys};
+
+use super::CudaError;
+use super::config::HfConfig;
+use super::device::{DevBuf, Gpu, check};
+use super::ffi;
+use super::weights::Weights;
+use crate::{plan, plan_cuda};
+
+/// One step's inputs: `n` query tokens, each of one sequence, and which get logits.
+#[derive(Debug, Default, Clone)]
+pub struct StepInput {
+    /// Token ids.
+    pub tokens: Vec<i32>,
+    /// Each token's position in its sequence.
+    pub positions: Vec<i32>,
+    /// Index into `tables` of each token's sequence.
+    pub seq: Vec<i32>,
+    /// Each sequence's KV blocks (device block ids, see [`CudaLlama::device_block`]).
+    pub tables: Vec<Vec<i32>>,
+    /// Token indices whose logits (and selected token) the step produces, in order.
+    pub logit_rows: Vec<i32>,
+    /// Sampling temperature per logits row (0: greedy).
+    pub temps: Vec<f32>,
+    /// Sampling seed per logits row (a fresh one each step).
+    pub seeds: Vec<u64>,
+}
+
+impl StepInput {
+    /// A decode step: one token per sequence, every row gets logits.
+    pub fn is_decode(&self) -> bool {
+        self.tokens.len() == self.tables.len()
+            && self.logit_rows.len() == self.tokens.len()
+            && self.seq.iter().enumerate().all(|(i, &s)| s as usize == i)
+            && self
+                .logit_rows
+                .iter()
+                .enumerate()
+                .all(|(i, &r)| r as usize == i)
+    }
+}
+
+/// Offsets (in i32 elements) of the sections of the packed step input.
+struct Layout {
+    tokens: usize,
+    positions: usize,
+    slots: usize,
+    q_seq: usize,
+    q_ctx: usize,
+    logit_rows: usize,
+    /// Row width of this step's block tables (the longest table), read by the kernel.
+    stride: usize,
+    tables: usize,
+    total: usize,
+}
+
+impl Layout {
+    fn new(max_tokens: usize, max_blocks: usize) -> Self {
+        let m = max_tokens;
+        Self {
+            tokens: 0,
+            positions: m,
+            slots: 2 * m,
+            q_seq: 3 * m,
+            q_ctx: 4 * m,
+            logit_rows: 5 * m,
+            stride: 6 * m,
+            tables: 6 * m + 1,
+            total: 6 * m + 1 + m * max_blocks,
+        }
+    }
+}
+
+/// Activations and step inputs on the device, sized for `max_tokens`.
+struct Buffers {
+    input: DevBuf,
+    temps: DevBuf,
+    seeds: DevBuf,
+    resid: DevBuf,
+    xb: DevBuf,
+    qkv: DevBuf,
+    attn: DevBuf,
+    gate_up: DevBuf,
+    ff: DevBuf,
+    partial: DevBuf,
+    logits: DevBuf,
+    sampled: DevBuf,
+    rope: DevBuf,
+    k_cache: DevBuf,
+    v_cache: DevBuf,
+}
+
+/// A captured decode graph.
+struct Graph(CudaGraph);
+
+// SAFETY: a graph is only used by the thread that owns the model (`&mut self` in
+// `step`); moving the model to the engine thread before first use is what needs Send,
+// and CUDA graph handles may be used from any thread when access is serialised.
+unsafe impl Send for Graph {}
+
+/// The model on the GPU, ready to run steps.
+pub struct CudaLlama {
+    gpu: Gpu,
+    /// The model's configuration.
+    pub config: HfConfig,
+    weights: Weights,
+    buf: Buffers,
+    layout: Layout,
+    max_tokens: usize,
+    max_blocks: usize,
+    /// Bytes of one layer's K (or V) cache.
+    layer_cache_bytes: usize,
+    /// Captured decode graphs by batch-size bucket.
+    graphs: BTreeMap<usize, Graph>,
+    staging: Vec<i32>,
+}
+
+/// Elements of f32 per (token, head, split) attention partial: the sums, then max and sum.
+fn partial_floats(c: &HfConfig) -> usize {
+    c.head_dim() + 2
+}
+
+impl CudaLlama {
+    /// Opens the GPU, loads the model folder (config.json, model*.safetensors) and
+    /// allocates the KV cache (`plan::KV_BLOCKS` blocks plus one scratch block).
+    pub fn load(dir: &Path) -> Result<Self, CudaError> {
+        let gpu = Gpu::open()?;
+        let config = HfConfig::load(dir)?;
+        if config.vocab_size != plan::VOCAB_SIZE {
+            return Err(CudaError::Model(format!(
+                "vocabulary of {} tokens; this server was built for {}",
+                config.vocab_size,
+                plan::VOCAB_SIZE
+            )));
+        }
+        let weights = Weights::load(&gpu, dir, &config)?;
+        let max_tokens = plan::MAX_BATCH_TOKENS.max(
+            plan_cuda::CUDA_GRAPH_BATCH_SIZES
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(1),
+        );
+        let max_blocks = plan::CONTEXT_LENGTH.div_ceil(plan::KV_BLOCK_SIZE);
+        let layout = Layout::new(max_tokens, max_blocks);
+        let c = &config;
+        let (d, hd, m) = (c.hidden_size, c.head_dim(), max_tokens);
+        let block_bytes = c.num_key_value_heads * plan::KV_BLOCK_SIZE * hd * 2;
+        let layer_cache_bytes = (plan::KV_BLOCKS + 1) * block_bytes;
+        let rope = DevBuf::new(plan::CONTEXT_LENGTH * hd * 4)?;
+        gpu.upload(rope.ptr, &c.rope_table(plan::CONTEXT_LENGTH))?;
+        let buf = Buffers {
+            input: DevBuf::zeroed(layout.total * 4)?,
+            temps: DevBuf::zeroed(m * 4)?,
+            seeds: DevBuf::zeroed(m * 8)?,
+            resid: DevBuf::new(m * d * 4)?,
+            xb: DevBuf::new(m * d * 2)?,
+            qkv: DevBuf::new(m * c.qkv_dim() * 2)?,
+            attn: DevBuf::new(m * c.num_attention_heads * hd * 2)?,
+            gate_up: DevBuf::new(m * 2 * c.intermediate_size * 2)?,
+            ff: DevBuf::new(m * c.intermediate_size * 2)?,
+            partial: DevBuf::new(
+                m * c.num_attention_heads * plan_cuda::ATTN_SPLITS * partial_floats(c) * 4,
+            )?,
+            logits: DevBuf::new(m * c.vocab_size * 4)?,
+            sampled: DevBuf::zeroed(m * 4)?,
+            rope,
+            k_cache: DevBuf::zeroed(layer_cache_bytes * c.num_hidden_layers)?,
+            v_cache: DevBuf::zeroed(layer_cache_bytes * c.num_hidden_layers)?,
+        };
+        gpu.sync()?;
+        let staging = vec![0; layout.total];
+        Ok(Self {
+            gpu,
+            config,
+            weights,
+            buf,
+            layout,
+            max_tokens,
+            max_blocks,
+            layer_cache_bytes,
+            graphs: BTreeMap::new(),
+            staging,
+        })
+    }
+
+    /// Bytes of weights on the device (what a batch-1 decode step must read).
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes
+    }
+
+    /// The device block id of the engine's KV block `block` (device block 0 is the
+    /// scratch block that padded graph rows write to).
+    pub fn device_block(block: u32) -> i32 {
+        block as i32 + 1
+    }
+
+    /// The GPU this model runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Runs one step: K/V of every token into the cache, then logits and a selected token
+    /// per logits row. A decode step of at most the largest bucket replays a graph.
+    pub fn step(&mut self, input: &StepInput) -> Result<(), CudaError> {
+        self.gpu.ctx.bind_to_thread().map_err(CudaError::driver)?;
+        let n = input.tokens.len();
+        if n > self.max_tokens || input.tables.len() > self.max_tokens {
+            return Err(CudaError::Model(format!(
+                "a step of {n} tokens exceeds the limit of {}",
+                self.max_tokens
+            )));
+        }
+        let bucket = input
+            .is_decode()
+            .then(|| {
+                plan_cuda::CUDA_GRAPH_BATCH_SIZES
+                    .iter()
+                    .copied()
+                    .find(|&b| b >= n)
+            })
+            .flatten();
+        match bucket {
+            Some(b) if plan_cuda::CUDA_GRAPHS => {
+                self.pack(input, b)?;
+                if !self.graphs.contains_key(&b) {
+                    let graph = self.capture(b)?;
+                    self.graphs.insert(b, Graph(graph));
+                }
+                self.graphs[&b].0.launch().map_err(CudaError::driver)
+            }
+            _ => {
+                self.pack(input, n)?;
+                self.enqueue(n, input.logit_rows.len())
+            }
+        }
+    }
+
+    /// The selected token of each of the first `n` logits rows of the last step.
+    pub fn sampled(&self, n: usize) -> Result<Vec<i32>, CudaError> {
+        let mut out = vec![0i32; n];
+        self.gpu.download(&mut out, self.buf.sampled.ptr)?;
+        Ok(out)
+    }
+
+    /// The f32 logits of the first `n` rows of the last step, `vocab` per row.
+    pub fn logits(&self, n: usize) -> Result<Vec<f32>, CudaError> {
+        let mut out = vec![0f32; n * self.config.vocab_size];
+        self.gpu.download(&mut out, self.buf.logits.ptr)?;
+        Ok(out)
+    }
+
+    /// Writes the step input into the staging buffer and uploads it; rows `n..padded`
+    /// are padding (token 0 at position 0 of the scratch block, greedy).
+    fn pack(&mut self, input: &StepInput, padded: usize) -> Result<(), CudaError> {
+        let (l, bs) = (&self.layout, plan::KV_BLOCK_SIZE);
+        let s = &mut self.staging;
+        let n = input.tokens.len();
+        for i in 0..padded {
+            let real = i < n;
+            let pos = if real { input.positions[i] } else { 0 };
+            let seq = if real { input.seq[i] } else { i as i32 };
+            let table: &[i32] = if real {
+                &input.tables[seq as usize]
+            } else {
+                &[]
+            };
+            let block = table.get(pos as usize / bs).copied().unwrap_or(0);
+            if real && table.len() * bs <= pos as usize {
+                return Err(CudaError::Model(format!(
+                    "position {pos} is beyond its block table"
+                )));
+            }
+            s[l.tokens + i] = if real { input.tokens[i] } else { 0 };
+            s[l.positions + i] = pos;
+            s[l.slots + i] = block * bs as i32 + pos % bs as i32;
+            s[l.q_seq + i] = seq;
+            s[l.q_ctx + i] = pos + 1;
+            s[l.logit_rows + i] = input.logit_rows.get(i).copied().unwrap_or(i as i32);
+        }
+        let n_tables = input.tables.len().max(if padded > n { padded } else { 0 });
+        // Rows as wide as this step's longest table: the upload stays proportional to
+        // the context in use, not to the model's maximum.
+        let stride = input.tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        s[l.stride] = stride as i32;
+        for (row, table) in
+            (0..n_tables).map(|r| (r, input.tables.get(r).map(Vec::as_slice).unwrap_or(&[])))
+        {
+            if table.len() > self.max_blocks {
+                return Err(CudaError::Model(
+                    "a block table exceeds the context length".into(),
+                ));
+            }
+            let dst = &mut s[l.tables + row * stride..l.tables + (row + 1) * stride];
+            dst[..table.len()].copy_from_slice(table);
+            dst[table.len()..].fill(0);
+        }
+        let rows = input.logit_rows.len().max(padded);
+        let mut temps = vec![0f32; rows];
+        let mut seeds = vec![0u64; rows];
+        temps[..input.temps.len()].copy_from_slice(&input.temps);
+        seeds[..input.seeds.len()].copy_from_slice(&input.seeds);
+        self.gpu
+            .upload(self.buf.input.ptr, &s[..l.tables + n_tables * stride])?;
+        self.gpu.upload(self.buf.temps.ptr, &temps)?;
+        self.gpu.upload(self.buf.seeds.ptr, &seeds)
+    }
+
+    /// Captures the decode step of `bucket` sequences as a graph.
+    fn capture(&self, bucket: usize) -> Result<CudaGraph, CudaError> {
+        let stream = &self.gpu.stream;
+        stream
+            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(CudaError::driver)?;
+        let enqueued = self.enqueue(bucket, bucket);
+        let graph = stream
+            .end_capture(drv_sys::CUgraphInstantiate_flags(0))
+            .map_err(CudaError::driver)?;
+        enqueued?;
+        graph.ok_or_else(|| CudaError::Model("graph capture recorded nothing".into()))
+    }
+
+    /// Input section `offset` as a device pointer.
+    fn input(&self, offset: usize) -> *const i32 {
+        (self.buf.input.ptr + 4 * offset as u64) as *const i32
+    }
+
+    /// Enqueues a whole forward pass of `n` tokens with `n_logits` logits rows.
+    fn enqueue(&self, n: usize, n_logits: usize) -> Result<(), CudaError> {
+        let (c, b, g) = (&self.config, &self.buf, &self.gpu);
+        let st = g.raw_stream();
+        let (d, ff, ni) = (c.hidden_size, c.intermediate_size, n as i32);
+        // SAFETY (every launcher call below): the buffers were sized in `load` for
+        // max_tokens ≥ n rows of this config, and the input sections were uploaded by `pack`.
+        check("embed", unsafe {
+            ffi::vs_embed(
+                st,
+                self.input(self.layout.tokens),
+                ni,
+                b.ptr_u16(&self.weights.embed),
+                b.resid.ptr as *mut f32,
+                d as i32,
+                plan_cuda::CUDA_ELEMWISE_THREADS as i32,
+            )
+        })?;
+        for (i, w) in self.weights.layers.iter().enumerate() {
+            self.rmsnorm(&w.attn_norm, std::ptr::null(), n)?;
+            g.gemm(
+                w.wqkv.ptr,
+                b.xb.ptr,
+                b.qkv.ptr,
+                c.qkv_dim(),
+                n,
+                d,
+                false,
+                false,
+            )?;
+            self.attention(i, n)?;
+            g.gemm(
+                w.wo.ptr,
+                b.attn.ptr,
+                b.resid.ptr,
+                d,
+                n,
+                c.num_attention_heads * c.head_dim(),
+                true,
+                true,
+            )?;
+            self.rmsnorm(&w.ffn_norm, std::ptr::null(), n)?;
+            g.gemm(
+                w.w_gate_up.ptr,
+                b.xb.ptr,
+                b.gate_up.ptr,
+                2 * ff,
+                n,
+                d,
+                false,
+                false,
+            )?;
+            check("swiglu", unsafe {
+                ffi::vs_swiglu(
+                    st,
+                    b.gate_up.ptr as *const u16,
+                    b.ff.ptr as *mut u16,
+                    ni,
+                    ff as i32,
+                    plan_cuda::CUDA_ELEMWISE_THREADS as i32,
+                )
+            })?;
+            g.gemm(w.w_down.ptr, b.ff.ptr, b.resid.ptr, d, n, ff, true, true)?;
+        }
+        if n_logits == 0 {
+            return Ok(());
+        }
+        self.rmsnorm(
+            &self.weights.norm,
+            self.input(self.layout.logit_rows),
+            n_logits,
+        )?;
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        g.gemm(
+            head.ptr,
+            b.xb.ptr,
+            b.logits.ptr,
+            c.vocab_size,
+            n_logits,
+            d,
+            true,
+            false,
+        )?;
+        check("sample", unsafe {
+            ffi::vs_sample(
+                st,
+                b.logits.ptr as *const f32,
+                n_logits as i32,
+                c.vocab_size as i32,
+                b.temps.ptr as *const f32,
+                b.seeds.ptr as *const u64,
+                b.sampled.ptr as *mut i32,
+                plan_cuda::CUDA_SAMPLE_THREADS as i32,
+            )
+        })
+    }
+
+    /// RMSNorm of residual rows (`rows` null: the first `n`) into `xb`.
+    fn rmsnorm(&self, weight: &DevBuf, rows: *const i32, n: usize) -> Result<(), CudaError> {
+        let b = &self.buf;
+        // SAFETY: see `enqueue`.
+        check("rmsnorm", unsafe {
+            ffi::vs_rmsnorm(
+                self.gpu.raw_stream(),
+                b.resid.ptr as *const f32,
+                rows,
+                n as i32,
+                weight.ptr as *const u16,
+                b.xb.ptr as *mut u16,
+                self.config.hidden_size as i32,
+                self.config.rms_norm_eps,
+                plan_cuda::CUDA_NORM_THREADS as i32,
+            )
+        })
+    }
+
+    /// RoPE, the K/V cache write and attention of layer `layer` for `n` tokens.
+    fn attention(&self, layer: usize, n: usize) -> Result<(), CudaError> {
+        let (c, b, st) = (&self.config, &self.buf, self.gpu.raw_stream());
+        let kc = b.k_cache.at(layer * self.layer_cache_bytes);
+        let vc = b.v_cache.at(layer * self.layer_cache_bytes);
+        let (h, kvh, hd, bs) = (
+            c.num_attention_heads as i32,
+            c.num_key_value_heads as i32,
+            c.head_dim() as i32,
+            plan::KV_BLOCK_SIZE as i32,
+        );
+        let l = &self.layout;
+        // SAFETY: see `enqueue`; the cache holds KV_BLOCKS + 1 blocks and `pack` checked
+        // every block id came from a table the scheduler reserved.
+        check("rope_kv", unsafe {
+            ffi::vs_rope_kv(
+                st,
+                b.qkv.ptr as *mut u16,
+                n as i32,
+                self.input(l.positions),
+                self.input(l.slots),
+                b.rope.ptr as *const f32,
+                kc as *mut u16,
+                vc as *mut u16,
+                h,
+                kvh,
+                hd,
+                bs,
+                plan_cuda::CUDA_ELEMWISE_THREADS as i32,
+            )
+        })?;
+        check("attention", unsafe {
+            ffi::vs_attention(
+                st,
+                b.qkv.ptr as *const u16,
+                n as i32,
+                kc as *const u16,
+                vc as *const u16,
+                self.input(l.tables),
+                self.input(l.stride),
+                self.input(l.q_seq),
+                self.input(l.q_ctx),
+                b.partial.ptr as *mut f32,
+                b.attn.ptr as *mut u16,
+                h,
+                kvh,
+                hd,
+                bs,
+                plan_cuda::ATTN_SPLITS as i32,
+                plan_cuda::ATTN_WARPS as i32,
+            )
+        })
+    }
+}
+
+impl Buffers {
+    fn ptr_u16(&self, buf: &DevBuf) -> *const u16 {
+        buf.ptr as *const u16
+    }
+}
