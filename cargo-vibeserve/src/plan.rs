@@ -175,6 +175,19 @@ pub struct KvCachePlan {
     pub blocks: usize,
     /// Element type of cached keys and values.
     pub dtype: KvDtype,
+    /// Reuse the blocks of a prompt's cached prefix (full blocks published by earlier
+    /// sequences, kept while idle until evicted) instead of computing them again.
+    /// Absent in plans written before it existed: on, round 0's choice.
+    #[serde(default = "default_prefix_cache")]
+    pub prefix_cache: bool,
+}
+
+/// Round 0 caches prefixes: chat prompts share their template's system prompt, and a
+/// repeated prompt (a retry, a benchmark's next pass) costs only its last block.
+pub const DEFAULT_PREFIX_CACHE: bool = true;
+
+fn default_prefix_cache() -> bool {
+    DEFAULT_PREFIX_CACHE
 }
 
 /// Element type of the KV cache.
@@ -306,6 +319,7 @@ impl KvCachePlan {
             block_size,
             blocks: (memory_mib << 20) / block_bytes.max(1),
             dtype,
+            prefix_cache: DEFAULT_PREFIX_CACHE,
         }
     }
 }
@@ -450,6 +464,7 @@ impl Plan {
                 int_literal(self.kv_cache.block_size as u64),
             ),
             c("KV_BLOCKS", int_literal(self.kv_cache.blocks as u64)),
+            c("PREFIX_CACHE", self.kv_cache.prefix_cache.to_string()),
             c("HTTP_THREADS", int_literal(self.http.threads as u64)),
             c(
                 "MAX_BODY_BYTES",

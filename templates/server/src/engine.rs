@@ -347,11 +347,16 @@ impl Engine {
 
     /// Forward, sample and send for one planned step.
     fn step(&mut self, plan: &StepPlan) {
-        for item in plan.items.iter().filter(|i| i.start == 0) {
+        // Admission is idempotent per request: a first slice may start past a
+        // cached prefix, so every slice reports it.
+        for item in &plan.items {
             if let Some(active) = self.active.get_mut(&item.id) {
                 active.admitted(&self.shared.metrics);
             }
         }
+        let m = &self.shared.metrics;
+        m.prefix_cache_queries.inc_by(plan.prefix_queried as u64);
+        m.prefix_cache_hits.inc_by(plan.prefix_hits as u64);
         let forward = {
             let Self {
                 model,
@@ -384,7 +389,7 @@ impl Engine {
     fn sample(&mut self, plan: &StepPlan) {
         let mut row = 0;
         for item in &plan.items {
-            self.scheduler.computed(item.id, item.len);
+            self.scheduler.computed(item.id, item.len, &self.pool);
             let rows = match item.logits {
                 Logits::None => 0,
                 Logits::Last => 1,
@@ -443,6 +448,7 @@ impl Engine {
         let m = &self.shared.metrics;
         m.running.set(gauge(self.scheduler.running()));
         m.kv_blocks_used.set(gauge(self.pool.used_blocks()));
+        m.kv_blocks_cached.set(gauge(self.pool.cached_blocks()));
     }
 }
 

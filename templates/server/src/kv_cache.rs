@@ -1,21 +1,35 @@
-//! Paged KV cache.
+//! Paged KV cache with prefix sharing.
 //!
-//! Design (vLLM's paged attention, on the CPU): one [`BlockPool`] owns a single
-//! allocation of [`KV_BLOCKS`] blocks; a block holds K and V of
-//! [`KV_BLOCK_SIZE`] consecutive tokens of one sequence for every layer, laid
+//! Design (vLLM's paged attention and automatic prefix caching, on the CPU): one
+//! [`BlockPool`] owns a single allocation of [`KV_BLOCKS`] blocks; a block holds K and
+//! V of [`KV_BLOCK_SIZE`] consecutive tokens of one sequence for every layer, laid
 //! out `[layer][K|V][kv_head][token][head_dim]` so that attention reads one
 //! head's keys for a whole block as one contiguous run. Each sequence owns a
 //! [`BlockTable`], the list of its block ids in position order: token `p`
 //! lives in block `table[p / KV_BLOCK_SIZE]` at slot `p % KV_BLOCK_SIZE`.
 //! Elements are [`KvElem`] (a plan choice: f16 halves the bytes attention reads).
 //!
-//! Cost per operation: `reserve` is O(new blocks) (pops from a free list
-//! under an uncontended mutex); `release`/drop is O(blocks held); reading or
-//! writing one token's K/V is O(1) index arithmetic. The storage is allocated
-//! zeroed, so the OS commits pages only as blocks are first written.
+//! Prefix sharing: a block whose every slot is written is *published* under a
+//! [`BlockHash`] of its tokens and of every token before them (a chain, as vLLM
+//! hashes blocks), so its K/V are a function of that hash alone. A later table whose
+//! leading blocks have the same hashes takes the published blocks instead of
+//! recomputing them ([`BlockTable::share_prefix`]); blocks are reference-counted,
+//! and only full blocks are shared, so a shared block is never written again (no
+//! copy-on-write). A published block that no table holds stays cached, *idle*,
+//! until a reservation finds no never-published block free and evicts the idle
+//! block released longest ago (a table releases its last block first, so a shared
+//! prefix outlives the tails that follow it).
+//!
+//! Cost per operation: `reserve` is O(new blocks · log idle) (pops from a free list
+//! under an uncontended mutex); `share_prefix` is one hash-map probe per block;
+//! `release`/drop is O(blocks held · log idle); reading or writing one token's K/V
+//! is O(1) index arithmetic. The storage is allocated zeroed, so the OS commits
+//! pages only as blocks are first written.
 
 use crate::plan::{HEAD_DIM, KV_BLOCK_SIZE, KV_BLOCKS, KvElem, N_KV_HEADS, N_LAYERS};
 use half::f16;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Elements of one head's K (or V) for one block: `KV_BLOCK_SIZE × HEAD_DIM`.
@@ -105,14 +119,114 @@ pub struct KvFull {
     pub free: usize,
 }
 
-/// The shared free list (shared so a [`BlockTable`] can free itself on drop).
-type FreeList = Arc<Mutex<Vec<u32>>>;
+/// Identifies a full block's contents: its tokens and every token before them.
+/// 128 bits from two independently keyed SipHashes (keys drawn per process), so
+/// an accidental or crafted collision is out of reach.
+pub type BlockHash = u128;
 
-/// The cache storage and its free list.
+/// Which blocks are free, held, published and idle; shared so that a
+/// [`BlockTable`] can give its blocks back on drop.
+#[derive(Debug)]
+struct Allocator {
+    /// Blocks no table holds and no hash names; popped from the end.
+    free: Vec<u32>,
+    /// Tables holding each block.
+    refs: Vec<u32>,
+    /// The hash each published block is known by.
+    hash_of: Vec<Option<BlockHash>>,
+    /// Published blocks by hash.
+    by_hash: HashMap<BlockHash, u32>,
+    /// Published blocks no table holds, by release order (oldest first).
+    idle: BTreeMap<u64, u32>,
+    /// Each idle block's key in `idle`.
+    idle_key: Vec<u64>,
+    /// Next release stamp.
+    clock: u64,
+}
+
+type Shared = Arc<Mutex<Allocator>>;
+
+impl Allocator {
+    fn new(n: u32) -> Self {
+        let len = n as usize;
+        Self {
+            // Popped from the end: block 0 is handed out first.
+            free: (0..n).rev().collect(),
+            refs: vec![0; len],
+            hash_of: vec![None; len],
+            by_hash: HashMap::new(),
+            idle: BTreeMap::new(),
+            idle_key: vec![0; len],
+            clock: 0,
+        }
+    }
+
+    /// Blocks a reservation may take: free ones and idle cached ones.
+    fn available(&self) -> usize {
+        self.free.len() + self.idle.len()
+    }
+
+    /// A block for a new holder: a free one, else the idle block released longest
+    /// ago, which forgets its hash.
+    fn take(&mut self) -> Option<u32> {
+        let block = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self.idle.pop_first()?;
+                if let Some(h) = self.hash_of[b as usize].take() {
+                    self.by_hash.remove(&h);
+                }
+                b
+            }
+        };
+        self.refs[block as usize] = 1;
+        Some(block)
+    }
+
+    /// One more holder of the block published under `hash`, if there is one.
+    fn lookup(&mut self, hash: BlockHash) -> Option<u32> {
+        let block = *self.by_hash.get(&hash)?;
+        let i = block as usize;
+        if self.refs[i] == 0 {
+            self.idle.remove(&self.idle_key[i]);
+        }
+        self.refs[i] += 1;
+        Some(block)
+    }
+
+    /// One holder fewer; an unheld block becomes idle (published) or free.
+    fn release(&mut self, block: u32) {
+        let i = block as usize;
+        self.refs[i] -= 1;
+        if self.refs[i] > 0 {
+            return;
+        }
+        if self.hash_of[i].is_some() {
+            self.idle_key[i] = self.clock;
+            self.idle.insert(self.clock, block);
+            self.clock += 1;
+        } else {
+            self.free.push(block);
+        }
+    }
+
+    /// Names a full block by `hash`, unless it or the hash is already named.
+    fn publish(&mut self, block: u32, hash: BlockHash) {
+        let i = block as usize;
+        if self.hash_of[i].is_none() && !self.by_hash.contains_key(&hash) {
+            self.hash_of[i] = Some(hash);
+            self.by_hash.insert(hash, block);
+        }
+    }
+}
+
+/// The cache storage and its allocator.
 pub struct BlockPool {
     data: Vec<KvElem>,
-    free: FreeList,
+    alloc: Shared,
     n_blocks: usize,
+    /// Two independently keyed hashers: one per half of a [`BlockHash`].
+    hashers: [RandomState; 2],
 }
 
 impl BlockPool {
@@ -126,9 +240,9 @@ impl BlockPool {
         let n = u32::try_from(n_blocks).expect("block count fits u32 (plan constant)");
         Self {
             data: bytemuck::zeroed_vec(n_blocks * BLOCK_ELEMS),
-            // Popped from the end: block 0 is handed out first.
-            free: Arc::new(Mutex::new((0..n).rev().collect())),
+            alloc: Arc::new(Mutex::new(Allocator::new(n))),
             n_blocks,
+            hashers: [RandomState::new(), RandomState::new()],
         }
     }
 
@@ -137,14 +251,29 @@ impl BlockPool {
         self.n_blocks
     }
 
-    /// Blocks not held by any table.
+    /// Blocks a reservation may take: those no table holds (idle cached ones included).
     pub fn free_blocks(&self) -> usize {
-        lock(&self.free).len()
+        lock(&self.alloc).available()
     }
 
     /// Blocks held by tables.
     pub fn used_blocks(&self) -> usize {
         self.n_blocks - self.free_blocks()
+    }
+
+    /// Published blocks no table holds: cached prefixes kept until evicted.
+    pub fn cached_blocks(&self) -> usize {
+        lock(&self.alloc).idle.len()
+    }
+
+    /// The hash of a full block of `tokens` that follows the block hashed `parent`
+    /// (`None` for a sequence's first block).
+    pub fn hash_block(&self, parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
+        let [lo, hi] = self
+            .hashers
+            .each_ref()
+            .map(|h| h.hash_one((parent, tokens)));
+        (u128::from(hi) << 64) | u128::from(lo)
     }
 
     /// One head's keys (`which == K`) or values (`V`) of one block and layer:
@@ -179,17 +308,36 @@ impl Default for BlockPool {
     }
 }
 
-/// One sequence's blocks, in position order. Returns them to the pool on drop.
+/// One sequence's blocks, in position order. Gives them back to the pool on drop.
 #[derive(Debug, Default)]
 pub struct BlockTable {
     blocks: Vec<u32>,
-    free: Option<FreeList>,
+    alloc: Option<Shared>,
 }
 
 impl BlockTable {
     /// An empty table (holds no blocks).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Takes the published blocks whose hashes are `hashes`, in order, up to the
+    /// first that is not cached; returns how many. The table must be empty.
+    pub fn share_prefix(&mut self, pool: &BlockPool, hashes: &[BlockHash]) -> usize {
+        debug_assert!(
+            self.blocks.is_empty(),
+            "a prefix is shared into an empty table"
+        );
+        let mut alloc = lock(&pool.alloc);
+        for &h in hashes {
+            let Some(block) = alloc.lookup(h) else { break };
+            self.blocks.push(block);
+        }
+        drop(alloc);
+        if !self.blocks.is_empty() {
+            self.alloc.get_or_insert_with(|| Arc::clone(&pool.alloc));
+        }
+        self.blocks.len()
     }
 
     /// Grows the table so it can hold `new_len` tokens. All or nothing: on
@@ -200,23 +348,35 @@ impl BlockTable {
             return Ok(());
         }
         let needed = want - self.blocks.len();
-        let mut free = lock(&pool.free);
-        if free.len() < needed {
-            return Err(KvFull {
-                needed,
-                free: free.len(),
-            });
+        let mut alloc = lock(&pool.alloc);
+        let free = alloc.available();
+        if free < needed {
+            return Err(KvFull { needed, free });
         }
-        let at = free.len() - needed;
-        self.blocks.extend(free.drain(at..).rev());
-        self.free.get_or_insert_with(|| Arc::clone(&pool.free));
+        // `needed` blocks are available (checked above), so this takes them all.
+        let taken = std::iter::from_fn(|| alloc.take()).take(needed);
+        self.blocks.extend(taken);
+        drop(alloc);
+        self.alloc.get_or_insert_with(|| Arc::clone(&pool.alloc));
         Ok(())
     }
 
-    /// Returns every block to the pool; the table becomes empty.
+    /// Publishes block `index` (every slot written) under `hash`, so later tables
+    /// with the same prefix may share it.
+    pub fn publish(&self, pool: &BlockPool, index: usize, hash: BlockHash) {
+        if let Some(&block) = self.blocks.get(index) {
+            lock(&pool.alloc).publish(block, hash);
+        }
+    }
+
+    /// Gives every block back (the last first, so a shared prefix is evicted
+    /// after its tails); the table becomes empty.
     pub fn release(&mut self) {
-        if let Some(free) = &self.free {
-            lock(free).extend(self.blocks.drain(..));
+        if let Some(alloc) = &self.alloc {
+            let mut alloc = lock(alloc);
+            for block in self.blocks.drain(..).rev() {
+                alloc.release(block);
+            }
         }
     }
 
@@ -237,8 +397,8 @@ impl Drop for BlockTable {
     }
 }
 
-/// Locks the free list, ignoring poisoning (a `Vec<u32>` is always consistent).
-fn lock(m: &Mutex<Vec<u32>>) -> MutexGuard<'_, Vec<u32>> {
+/// Locks the allocator, ignoring poisoning (its updates do not panic midway).
+fn lock(m: &Mutex<Allocator>) -> MutexGuard<'_, Allocator> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -315,5 +475,93 @@ mod tests {
                 .iter()
                 .all(|&x| f32::from(x) == 0.0)
         );
+    }
+
+    /// A table holding `blocks` full blocks of `tokens`, each published.
+    fn published(pool: &mut BlockPool, tokens: &[u32]) -> (BlockTable, Vec<BlockHash>) {
+        let mut t = BlockTable::new();
+        t.reserve(pool, tokens.len()).unwrap();
+        let mut hashes: Vec<BlockHash> = Vec::new();
+        for (i, chunk) in tokens.chunks_exact(KV_BLOCK_SIZE).enumerate() {
+            let h = pool.hash_block(hashes.last().copied(), chunk);
+            t.publish(pool, i, h);
+            hashes.push(h);
+        }
+        (t, hashes)
+    }
+
+    #[test]
+    fn a_published_prefix_is_shared_while_held_and_cached_when_released() {
+        let mut pool = BlockPool::with_blocks(6);
+        let tokens: Vec<u32> = (0..3 * KV_BLOCK_SIZE as u32).collect();
+        let (a, hashes) = published(&mut pool, &tokens);
+        let mut b = BlockTable::new();
+        assert_eq!(b.share_prefix(&pool, &hashes[..2]), 2);
+        assert_eq!(b.blocks(), &a.blocks()[..2]);
+        assert_eq!(pool.used_blocks(), 3, "shared blocks are counted once");
+        drop(a);
+        assert_eq!((pool.used_blocks(), pool.cached_blocks()), (2, 1));
+        drop(b);
+        assert_eq!((pool.free_blocks(), pool.cached_blocks()), (6, 3));
+        let mut c = BlockTable::new();
+        assert_eq!(
+            c.share_prefix(&pool, &hashes),
+            3,
+            "idle blocks are still cached"
+        );
+        assert_eq!(pool.cached_blocks(), 0);
+    }
+
+    #[test]
+    fn a_different_token_or_earlier_block_changes_the_hash() {
+        let pool = BlockPool::with_blocks(1);
+        let x = [5u32; KV_BLOCK_SIZE];
+        let mut y = x;
+        y[KV_BLOCK_SIZE - 1] = 6;
+        let root = pool.hash_block(None, &x);
+        assert_ne!(root, pool.hash_block(None, &y));
+        assert_ne!(pool.hash_block(Some(root), &x), root);
+        assert_eq!(
+            pool.hash_block(Some(root), &x),
+            pool.hash_block(Some(root), &x)
+        );
+        let mut t = BlockTable::new();
+        assert_eq!(t.share_prefix(&pool, &[root]), 0, "nothing published yet");
+    }
+
+    #[test]
+    fn reservations_use_free_blocks_first_then_evict_the_oldest_idle_tail() {
+        let mut pool = BlockPool::with_blocks(4);
+        let tokens: Vec<u32> = (0..2 * KV_BLOCK_SIZE as u32).collect();
+        let (a, hashes) = published(&mut pool, &tokens);
+        drop(a);
+        let mut b = BlockTable::new();
+        b.reserve(&mut pool, 2 * KV_BLOCK_SIZE).unwrap();
+        assert_eq!(pool.cached_blocks(), 2, "free blocks went first");
+        b.reserve(&mut pool, 3 * KV_BLOCK_SIZE).unwrap();
+        assert_eq!(pool.cached_blocks(), 1);
+        let mut c = BlockTable::new();
+        assert_eq!(
+            c.share_prefix(&pool, &hashes),
+            1,
+            "the tail was evicted, the head kept"
+        );
+        let err = b.reserve(&mut pool, 5 * KV_BLOCK_SIZE).unwrap_err();
+        assert_eq!(err, KvFull { needed: 2, free: 0 });
+    }
+
+    #[test]
+    fn a_hash_names_one_block_and_a_block_one_hash() {
+        let mut pool = BlockPool::with_blocks(4);
+        let tokens = [9u32; KV_BLOCK_SIZE];
+        let (a, hashes) = published(&mut pool, &tokens);
+        let (b, _) = published(&mut pool, &tokens);
+        drop(b);
+        assert_eq!(pool.cached_blocks(), 0, "the duplicate was not published");
+        let other = pool.hash_block(None, &[1; KV_BLOCK_SIZE]);
+        a.publish(&pool, 0, other);
+        let mut c = BlockTable::new();
+        assert_eq!(c.share_prefix(&pool, &[other]), 0);
+        assert_eq!(c.share_prefix(&pool, &hashes), 1);
     }
 }

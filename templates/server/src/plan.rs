@@ -72,6 +72,9 @@ pub const MAX_QUEUE: usize = 256;
 pub const KV_BLOCK_SIZE: usize = 16;
 /// KV-cache blocks in the pool (the memory budget).
 pub const KV_BLOCKS: usize = 2912;
+/// Reuse the KV blocks of a prompt's cached prefix (full blocks published by earlier
+/// sequences, kept while idle until evicted) instead of computing them again.
+pub const PREFIX_CACHE: bool = true;
 
 // --- HTTP ---
 /// Async worker threads serving HTTP (the model's compute runs on its own pool).

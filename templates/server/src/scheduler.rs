@@ -15,11 +15,16 @@
 //!   never failed or preempted for memory. The price: blocks reserved for tokens that
 //!   are never generated (an early stop) are idle until the sequence ends.
 //! * **At most `MAX_BATCH_SEQS` sequences run at once.**
+//! * **A cached prefix is not recomputed** (with `PREFIX_CACHE`): at admission a
+//!   sequence takes the published KV blocks of its prompt's leading full blocks, up
+//!   to the block before its last prompt token (whose logits it needs), and starts
+//!   its prefill after them; every block it fills is published in turn. A prompt
+//!   whose logits are all wanted (echo with logprobs) computes every position.
 
 use std::collections::VecDeque;
 
-use crate::kv_cache::{BlockPool, BlockTable};
-use crate::plan;
+use crate::kv_cache::{BlockHash, BlockPool, BlockTable, KvFull};
+use crate::plan::{self, KV_BLOCK_SIZE};
 
 /// A sequence's id, unique for the server's lifetime.
 pub type SeqId = u64;
@@ -41,6 +46,10 @@ pub struct Sequence {
     pub score_prompt: bool,
     /// Its KV-cache blocks (reserved at admission).
     pub blocks: BlockTable,
+    /// Hashes of its leading full blocks (as far as they have been needed).
+    hashes: Vec<BlockHash>,
+    /// Leading blocks published to (or taken from) the prefix cache.
+    published: usize,
 }
 
 impl Sequence {
@@ -54,12 +63,62 @@ impl Sequence {
             max_new,
             score_prompt,
             blocks: BlockTable::default(),
+            hashes: Vec::new(),
+            published: 0,
         }
     }
 
     /// Tokens of the cache this sequence may fill: the prompt and all it may generate.
     fn reserved_tokens(&self) -> usize {
         self.prompt_len + self.max_new
+    }
+
+    /// Prompt blocks it may take from the prefix cache: the full blocks before its
+    /// last prompt token (computed for its logits); none when every prompt
+    /// position's logits are wanted.
+    fn shareable_blocks(&self) -> usize {
+        if !plan::PREFIX_CACHE || self.score_prompt {
+            return 0;
+        }
+        (self.prompt_len - 1) / KV_BLOCK_SIZE
+    }
+
+    /// Extends `hashes` over its first `n` full blocks (`n · KV_BLOCK_SIZE <= tokens`).
+    fn hash_blocks(&mut self, pool: &BlockPool, n: usize) {
+        while self.hashes.len() < n {
+            let at = self.hashes.len() * KV_BLOCK_SIZE;
+            let block = &self.tokens[at..at + KV_BLOCK_SIZE];
+            let hash = pool.hash_block(self.hashes.last().copied(), block);
+            self.hashes.push(hash);
+        }
+    }
+
+    /// Takes its cached prefix and reserves blocks for the rest of the prompt and
+    /// all it may generate. All or nothing. Returns the prompt tokens found cached.
+    fn admit(&mut self, pool: &mut BlockPool) -> Result<usize, KvFull> {
+        let shareable = self.shareable_blocks();
+        self.hash_blocks(pool, shareable);
+        let shared = self.blocks.share_prefix(pool, &self.hashes[..shareable]);
+        if let Err(full) = self.blocks.reserve(pool, self.reserved_tokens()) {
+            self.blocks.release();
+            return Err(full);
+        }
+        self.computed = shared * KV_BLOCK_SIZE;
+        self.published = shared;
+        Ok(self.computed)
+    }
+
+    /// Publishes the blocks that are now full, for later prompts to share.
+    fn publish_full_blocks(&mut self, pool: &BlockPool) {
+        if !plan::PREFIX_CACHE {
+            return;
+        }
+        let full = self.computed / KV_BLOCK_SIZE;
+        self.hash_blocks(pool, full);
+        for i in self.published..full {
+            self.blocks.publish(pool, i, self.hashes[i]);
+        }
+        self.published = self.published.max(full);
     }
 
     /// Whether its whole prompt is in the cache.
@@ -102,6 +161,11 @@ pub struct Scheduled {
 pub struct StepPlan {
     /// Each scheduled sequence's slice.
     pub items: Vec<Scheduled>,
+    /// Prompt tokens of the sequences admitted for this step that could be looked
+    /// up in the prefix cache.
+    pub prefix_queried: usize,
+    /// Of those, tokens found cached (not computed again).
+    pub prefix_hits: usize,
 }
 
 impl StepPlan {
@@ -181,7 +245,13 @@ impl Scheduler {
             plan.items.push(slice);
         }
         while budget > 0 && self.running.len() < plan::MAX_BATCH_SEQS {
-            let Some(seq) = self.admit(pool) else { break };
+            let Some((seq, hits)) = self.admit(pool) else {
+                break;
+            };
+            if seq.shareable_blocks() > 0 {
+                plan.prefix_queried += seq.prompt_len;
+                plan.prefix_hits += hits;
+            }
             let slice = prefill_slice(seq, budget);
             budget -= slice.len;
             plan.items.push(slice);
@@ -189,20 +259,21 @@ impl Scheduler {
         plan
     }
 
-    /// Moves the head of the queue to the running set if its blocks can be reserved.
-    fn admit(&mut self, pool: &mut BlockPool) -> Option<&Sequence> {
-        let head = self.waiting.front_mut()?;
-        let tokens = head.reserved_tokens();
-        head.blocks.reserve(pool, tokens).ok()?;
+    /// Moves the head of the queue to the running set if its blocks can be
+    /// reserved; returns it and the prompt tokens it found cached.
+    fn admit(&mut self, pool: &mut BlockPool) -> Option<(&Sequence, usize)> {
+        let hits = self.waiting.front_mut()?.admit(pool).ok()?;
         let seq = self.waiting.pop_front()?;
         self.running.push(seq);
-        self.running.last()
+        self.running.last().map(|s| (s, hits))
     }
 
-    /// Records that the step computed `len` more tokens of `id`'s cache.
-    pub fn computed(&mut self, id: SeqId, len: usize) {
+    /// Records that the step computed `len` more tokens of `id`'s cache, and
+    /// publishes the blocks that filled.
+    pub fn computed(&mut self, id: SeqId, len: usize, pool: &BlockPool) {
         if let Some(seq) = self.running.iter_mut().find(|s| s.id == id) {
             seq.computed += len;
+            seq.publish_full_blocks(pool);
         }
     }
 

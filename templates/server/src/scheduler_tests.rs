@@ -1,7 +1,12 @@
 //! Tests of the batching policy, one per rule, calling the sync scheduler directly.
 
 use super::*;
-use plan::{KV_BLOCK_SIZE, MAX_BATCH_SEQS, MAX_BATCH_TOKENS, PREFILL_CHUNK};
+use plan::{KV_BLOCK_SIZE, MAX_BATCH_SEQS, MAX_BATCH_TOKENS, PREFILL_CHUNK, PREFIX_CACHE};
+
+/// `tokens` when the plan caches prefixes, else none.
+fn cached(tokens: usize) -> usize {
+    if PREFIX_CACHE { tokens } else { 0 }
+}
 
 /// A sequence with a `prompt_len`-token prompt.
 fn seq(id: SeqId, prompt_len: usize, max_new: usize) -> Sequence {
@@ -11,9 +16,9 @@ fn seq(id: SeqId, prompt_len: usize, max_new: usize) -> Sequence {
 /// Does what the engine does after a forward: advance the cache, and append a token
 /// to every sequence whose prompt is done, whose last slice had logits and that may
 /// still generate.
-fn run_step(s: &mut Scheduler, plan: &StepPlan) {
+fn run_step(s: &mut Scheduler, pool: &BlockPool, plan: &StepPlan) {
     for item in &plan.items {
-        s.computed(item.id, item.len);
+        s.computed(item.id, item.len, pool);
         let wants_token = s
             .get(item.id)
             .is_some_and(|q| q.prefilled() && q.generated() < q.max_new);
@@ -36,7 +41,7 @@ fn every_running_decode_joins_one_batch() {
     }
     let first = s.schedule(&mut pool);
     assert_eq!(first.items.len(), 4, "all four prompts prefill together");
-    run_step(&mut s, &first);
+    run_step(&mut s, &pool, &first);
     let second = s.schedule(&mut pool);
     assert_eq!(second.items.len(), 4);
     for it in &second.items {
@@ -55,7 +60,7 @@ fn a_long_prompt_is_prefilled_in_chunks() {
         let plan = s.schedule(&mut pool);
         let it = item(&plan, 0).expect("scheduled every step");
         starts.push((it.start, it.len, it.logits));
-        run_step(&mut s, &plan);
+        run_step(&mut s, &pool, &plan);
         if it.logits == Logits::Last {
             break;
         }
@@ -78,7 +83,7 @@ fn decodes_keep_running_while_a_long_prompt_prefills() {
     let mut s = Scheduler::new();
     s.enqueue(seq(0, 4, 16));
     let p = s.schedule(&mut pool);
-    run_step(&mut s, &p);
+    run_step(&mut s, &pool, &p);
     s.enqueue(seq(1, 4 * PREFILL_CHUNK, 1));
     for _ in 0..3 {
         let plan = s.schedule(&mut pool);
@@ -87,7 +92,7 @@ fn decodes_keep_running_while_a_long_prompt_prefills() {
         let chunk = item(&plan, 1).expect("the prefill progresses");
         assert!(chunk.len <= PREFILL_CHUNK);
         assert!(plan.tokens() <= MAX_BATCH_TOKENS);
-        run_step(&mut s, &plan);
+        run_step(&mut s, &pool, &plan);
     }
 }
 
@@ -124,7 +129,7 @@ fn admission_waits_when_the_cache_is_full_and_running_requests_finish() {
     assert!(item(&plan, 1).is_none(), "no room for the second");
     assert_eq!((s.running(), s.waiting()), (1, 1));
     for _ in 0..5 {
-        run_step(&mut s, &plan);
+        run_step(&mut s, &pool, &plan);
         plan = s.schedule(&mut pool);
         assert!(
             item(&plan, 0).is_some(),
@@ -176,7 +181,7 @@ fn a_scored_prompt_wants_every_logit() {
         item(&plan, 0).map(|i| (i.len, i.logits)),
         Some((5, Logits::All))
     );
-    run_step(&mut s, &plan);
+    run_step(&mut s, &pool, &plan);
     assert!(
         s.schedule(&mut pool).is_empty(),
         "nothing to decode with max_tokens 0"
@@ -195,4 +200,84 @@ fn removing_frees_waiting_and_running_sequences() {
     assert!(!s.remove(1));
     assert!(s.is_idle());
     assert_eq!(pool.used_blocks(), 0);
+}
+
+/// Runs steps until `id` has generated a token.
+fn run_until_decoding(s: &mut Scheduler, pool: &mut BlockPool, id: SeqId) {
+    while s.get(id).is_none_or(|q| q.generated() == 0) {
+        let plan = s.schedule(pool);
+        run_step(s, pool, &plan);
+    }
+}
+
+#[test]
+fn a_repeated_prompt_starts_after_its_cached_blocks() {
+    let mut pool = BlockPool::with_blocks(32);
+    let mut s = Scheduler::new();
+    let prompt: Vec<u32> = (0..3 * KV_BLOCK_SIZE as u32 + 5).collect();
+    s.enqueue(Sequence::new(0, prompt.clone(), 4, false));
+    let first = s.schedule(&mut pool);
+    let queried = cached(prompt.len());
+    assert_eq!((first.prefix_queried, first.prefix_hits), (queried, 0));
+    run_step(&mut s, &pool, &first);
+    assert!(s.remove(0));
+    assert_eq!(
+        pool.cached_blocks(),
+        cached(3),
+        "the full prompt blocks stay cached"
+    );
+    s.enqueue(Sequence::new(1, prompt.clone(), 4, false));
+    let again = s.schedule(&mut pool);
+    let hit = cached(3 * KV_BLOCK_SIZE);
+    assert_eq!((again.prefix_queried, again.prefix_hits), (queried, hit));
+    assert_eq!(
+        item(&again, 1).map(|i| (i.start, i.len, i.logits)),
+        Some((hit, prompt.len() - hit, Logits::Last))
+    );
+}
+
+#[test]
+fn a_block_aligned_prompt_still_computes_its_last_block() {
+    let mut pool = BlockPool::with_blocks(32);
+    let mut s = Scheduler::new();
+    let prompt: Vec<u32> = (0..2 * KV_BLOCK_SIZE as u32).collect();
+    s.enqueue(Sequence::new(0, prompt.clone(), 2, false));
+    run_until_decoding(&mut s, &mut pool, 0);
+    s.enqueue(Sequence::new(1, prompt, 2, false));
+    let plan = s.schedule(&mut pool);
+    let it = item(&plan, 1).expect("admitted");
+    let hit = cached(KV_BLOCK_SIZE);
+    assert_eq!((it.start, it.len), (hit, 2 * KV_BLOCK_SIZE - hit));
+    assert_eq!(plan.prefix_hits, hit);
+}
+
+#[test]
+fn prompts_share_only_their_common_leading_blocks() {
+    let mut pool = BlockPool::with_blocks(32);
+    let mut s = Scheduler::new();
+    let a: Vec<u32> = (0..3 * KV_BLOCK_SIZE as u32 + 1).collect();
+    let mut b = a.clone();
+    b[KV_BLOCK_SIZE + 3] = 9999;
+    s.enqueue(Sequence::new(0, a, 2, false));
+    run_until_decoding(&mut s, &mut pool, 0);
+    s.enqueue(Sequence::new(1, b, 2, false));
+    let plan = s.schedule(&mut pool);
+    assert_eq!(item(&plan, 1).map(|i| i.start), Some(cached(KV_BLOCK_SIZE)));
+    let (x, y) = (s.get(0).expect("running"), s.get(1).expect("running"));
+    let shared = x.blocks.blocks()[0] == y.blocks.blocks()[0];
+    assert_eq!(shared, PREFIX_CACHE, "block 0 is shared");
+    assert_ne!(x.blocks.blocks()[1], y.blocks.blocks()[1]);
+}
+
+#[test]
+fn a_scored_prompt_computes_every_position() {
+    let mut pool = BlockPool::with_blocks(32);
+    let mut s = Scheduler::new();
+    let prompt: Vec<u32> = (0..2 * KV_BLOCK_SIZE as u32 + 1).collect();
+    s.enqueue(Sequence::new(0, prompt.clone(), 2, false));
+    run_until_decoding(&mut s, &mut pool, 0);
+    s.enqueue(Sequence::new(1, prompt, 0, true));
+    let plan = s.schedule(&mut pool);
+    assert_eq!(item(&plan, 1).map(|i| i.start), Some(0));
+    assert_eq!((plan.prefix_queried, plan.prefix_hits), (0, 0));
 }

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub running: Gauge,
     /// KV-cache blocks held by sequences.
     pub kv_blocks_used: Gauge,
+    /// KV-cache blocks no sequence holds that keep a cached prefix.
+    pub kv_blocks_cached: Gauge,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_cache_queries: Counter,
+    /// Prompt tokens found in the prefix cache (not computed again).
+    pub prefix_cache_hits: Counter,
     /// Time from a request's arrival to its first generated token.
     pub ttft: Histogram,
     /// Time between consecutive generated tokens of one sequence.
@@ -67,6 +73,9 @@ impl Metrics {
             queue_depth: Gauge::default(),
             running: Gauge::default(),
             kv_blocks_used: Gauge::default(),
+            kv_blocks_cached: Gauge::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
             ttft: Histogram::new(exponential_buckets(TTFT_FIRST_BUCKET_S, 2.0, BUCKETS)),
             inter_token: Histogram::new(exponential_buckets(ITL_FIRST_BUCKET_S, 2.0, BUCKETS)),
             registry: Registry::default(),
@@ -97,6 +106,20 @@ impl Metrics {
         );
         let used = m.kv_blocks_used.clone();
         registry.register("kv_blocks_used", "KV-cache blocks in use", used);
+        let cached = m.kv_blocks_cached.clone();
+        registry.register("kv_blocks_cached", "Idle blocks keeping a prefix", cached);
+        let queries = m.prefix_cache_queries.clone();
+        registry.register(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            queries,
+        );
+        let hits = m.prefix_cache_hits.clone();
+        registry.register(
+            "prefix_cache_hits",
+            "Prompt tokens found in the prefix cache",
+            hits,
+        );
         let total = Gauge::<i64>::default();
         total.set(i64::try_from(plan::KV_BLOCKS).unwrap_or(i64::MAX));
         registry.register("kv_blocks_total", "KV-cache blocks in the pool", total);

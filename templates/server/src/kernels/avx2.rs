@@ -98,6 +98,40 @@ macro_rules! tiles {
     };
 }
 
+/// The pair loop of the formats with a two-row tile: pairs of weight rows against
+/// full activation tiles with `$pair(w, kb, a, r, b0)`, the leftover activation
+/// rows of each pair and a last odd row through the one-row `$tile`.
+macro_rules! pairs {
+    ($rows:expr, $n_act:expr, $out:expr, $w:expr, $kb:expr, $a:expr, $pair:ident, $tile:ident) => {
+        let full = $n_act / ACT_TILE * ACT_TILE;
+        let mut r = $rows.start;
+        while ACT_TILE > 1 && full > 0 && r + 2 <= $rows.end {
+            if PREFETCH_ROWS > 0 {
+                let ahead = (r + 1 + PREFETCH_ROWS).min($w.len() / $kb - 1);
+                prefetch(&$w[ahead.saturating_sub(1) * $kb..(ahead + 1) * $kb]);
+            }
+            for b in (0..full).step_by(ACT_TILE) {
+                let s = $pair($w, $kb, $a, r, b);
+                for (k, sk) in s.iter().enumerate() {
+                    for (j, &v) in sk.iter().enumerate() {
+                        // SAFETY: the caller hands each thread a disjoint range of rows.
+                        unsafe { $out.set(b + j, r + k, v) };
+                    }
+                }
+            }
+            for row in r..r + 2 {
+                for b in full..$n_act {
+                    let v = $tile::<1>($w, $kb, $a, row, b, 1)[0];
+                    // SAFETY: as above.
+                    unsafe { $out.set(b, row, v) };
+                }
+            }
+            r += 2;
+        }
+        tiles!(r..$rows.end, $n_act, $out, $w, $kb, $tile($w, $kb, $a));
+    };
+}
+
 /// One tile of [`gemm_q4_1`]: weight row `r` against activation rows `b0..b0 + t` (`t <= T`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -133,7 +167,44 @@ fn tile_q4_1<const T: usize>(
     std::array::from_fn(|j| hsum(acc[j]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[j])))
 }
 
-/// `Q4_1` weights × `Q8_1` activations for output rows `rows`.
+/// Weight rows `r` and `r + 1` against activation rows `b0..b0 + ACT_TILE`: per
+/// (row, activation) pair exactly the operations of [`tile_q4_1`], in the same
+/// order (so the same sums, bit for bit), but each activation block is loaded
+/// once for both weight rows and its scales once for all of them. Batched steps
+/// are compute-bound, and this halves the loads and scale set-up per product.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile2_q4_1(
+    w: &[BlockQ4_1],
+    kb: usize,
+    a: &[BlockQ8_1],
+    r: usize,
+    b0: usize,
+) -> [[f32; ACT_TILE]; 2] {
+    let mut acc = [[_mm256_setzero_ps(); ACT_TILE]; 2];
+    let mut mins = [[0.0f32; ACT_TILE]; 2];
+    let (w0, w1) = (&w[r * kb..(r + 1) * kb], &w[(r + 1) * kb..(r + 2) * kb]);
+    for (i, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+        // SAFETY: AVX2 is enabled on this function; the blocks are in bounds.
+        let wv = unsafe { [unpack_nibbles(&wb0.qs), unpack_nibbles(&wb1.qs)] };
+        let dm = [(h2f(wb0.d), h2f(wb0.m)), (h2f(wb1.d), h2f(wb1.m))];
+        for j in 0..ACT_TILE {
+            let ab = &a[(b0 + j) * kb + i];
+            // SAFETY: as above.
+            let av = unsafe { load32(&ab.qs) };
+            for k in 0..2 {
+                let p = dot_u8_i8(wv[k], av);
+                mins[k][j] += dm[k].1 * ab.s;
+                let scale = _mm256_set1_ps(dm[k].0 * ab.d);
+                acc[k][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k][j]);
+            }
+        }
+    }
+    std::array::from_fn(|k| std::array::from_fn(|j| hsum(acc[k][j]) + mins[k][j]))
+}
+
+/// `Q4_1` weights × `Q8_1` activations for output rows `rows`: pairs of weight
+/// rows against full activation tiles, the rest one row at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; slices hold `kb` blocks per row.
@@ -146,7 +217,7 @@ pub unsafe fn gemm_q4_1(
     n_act: usize,
     out: &OutRows,
 ) {
-    tiles!(rows, n_act, out, w, kb, tile_q4_1(w, kb, a));
+    pairs!(rows, n_act, out, w, kb, a, tile2_q4_1, tile_q4_1);
 }
 
 /// One tile of [`gemm_q4_0`]: weight row `r` against activation rows `b0..b0 + t` (`t <= T`).
@@ -226,7 +297,46 @@ fn tile_q8_0<const T: usize>(
     std::array::from_fn(|j| hsum(acc[j]))
 }
 
-/// `Q8_0` weights × `Q8_0` activations for output rows `rows`.
+/// Weight rows `r` and `r + 1` against activation rows `b0..b0 + ACT_TILE`: per pair
+/// exactly the operations of [`tile_q8_0`], in the same order (the same sums, bit
+/// for bit), each activation block loaded and its scale converted once for both rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile2_q8_0(
+    w: &[BlockQ8_0],
+    kb: usize,
+    a: &[BlockQ8_0],
+    r: usize,
+    b0: usize,
+) -> [[f32; ACT_TILE]; 2] {
+    let mut acc = [[_mm256_setzero_ps(); ACT_TILE]; 2];
+    let (w0, w1) = (&w[r * kb..(r + 1) * kb], &w[(r + 1) * kb..(r + 2) * kb]);
+    for (i, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
+        // SAFETY: AVX2 is enabled on this function; the blocks are in bounds.
+        let wv = unsafe { [load32(&wb0.qs), load32(&wb1.qs)] };
+        let wabs = [
+            _mm256_sign_epi8(wv[0], wv[0]),
+            _mm256_sign_epi8(wv[1], wv[1]),
+        ];
+        let dw = [h2f(wb0.d), h2f(wb1.d)];
+        for j in 0..ACT_TILE {
+            let ab = &a[(b0 + j) * kb + i];
+            // SAFETY: as above.
+            let aq = unsafe { load32(&ab.qs) };
+            let da = h2f(ab.d);
+            for k in 0..2 {
+                let av = _mm256_sign_epi8(aq, wv[k]);
+                let scale = _mm256_set1_ps(dw[k] * da);
+                let p = dot_u8_i8(wabs[k], av);
+                acc[k][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k][j]);
+            }
+        }
+    }
+    std::array::from_fn(|k| std::array::from_fn(|j| hsum(acc[k][j])))
+}
+
+/// `Q8_0` weights × `Q8_0` activations for output rows `rows`: pairs of weight
+/// rows against full activation tiles, the rest one row at a time.
 ///
 /// # Safety
 /// As [`gemm_q4_1`].
@@ -239,5 +349,5 @@ pub unsafe fn gemm_q8_0(
     n_act: usize,
     out: &OutRows,
 ) {
-    tiles!(rows, n_act, out, w, kb, tile_q8_0(w, kb, a));
+    pairs!(rows, n_act, out, w, kb, a, tile2_q8_0, tile_q8_0);
 }

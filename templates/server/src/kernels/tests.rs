@@ -277,3 +277,41 @@ fn a_pinned_variant_the_cpu_lacks_is_a_start_up_error() {
         KernelVariant::Auto
     );
 }
+
+/// A batched product gives every activation row exactly (bit for bit) what it gets
+/// alone: the tiled kernels keep one summation order per (row, activation) pair, as
+/// the engine's batching invariance and the llama.cpp accuracy goldens need.
+#[test]
+fn batched_products_equal_single_row_products_bit_for_bit() {
+    let mut rng = Rng(11);
+    for variant in runnable() {
+        let k = Kernels::new(variant, 2).expect("runnable variant");
+        for kind in 3..6 {
+            let (rows, cols, batch) = (67, 576, 11);
+            let owned = Owned::quantize(kind, &rng.vec(rows * cols));
+            let w = MatRef::new(owned.data(), rows, cols).expect("test matrix shape");
+            let x = rng.vec(batch * cols);
+            let product = |x: &[f32]| {
+                let mut acts = Acts::new(batch, cols);
+                acts.quantize(x, cols, w.act_format())
+                    .expect("activation shape");
+                let mut out = vec![0.0f32; x.len() / cols * rows];
+                let mut jobs = [MatJob {
+                    w: &w,
+                    out: &mut out,
+                }];
+                k.matmul(&acts, &mut jobs).expect("matmul");
+                out
+            };
+            let batched = product(&x);
+            for (b, row) in x.chunks_exact(cols).enumerate() {
+                let alone = product(row);
+                assert_eq!(
+                    alone,
+                    batched[b * rows..(b + 1) * rows],
+                    "{variant:?} kind {kind} activation row {b}"
+                );
+            }
+        }
+    }
+}
