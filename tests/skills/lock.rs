@@ -55,7 +55,11 @@ fn lock_round_trips_through_text_and_disk() {
     );
     assert_eq!(lock.tree, files_for(&plan).tree_digest());
     assert_eq!(lock.files, lock::file_digests(&files_for(&plan)));
-    assert!(lock.files.contains_key("Plan.toml"), "{:?}", lock.files.keys());
+    assert!(
+        lock.files.contains_key("Plan.toml"),
+        "{:?}",
+        lock.files.keys()
+    );
     assert_eq!(lock.template, lock::template_digest().unwrap());
     assert_eq!(lock.template.len(), 64);
 
