@@ -180,11 +180,7 @@ mod tests {
     use super::*;
 
     fn set(files: &[(&str, &str)]) -> FileSet {
-        let mut s = FileSet::default();
-        for (p, c) in files {
-            s.insert(*p, c.as_bytes().to_vec());
-        }
-        s
+        files.iter().copied().collect()
     }
 
     #[test]

@@ -195,12 +195,7 @@ impl Search<'_> {
             verdict,
             objective,
         };
-        if verdict.is_kept() {
-            let mut next = history.clone();
-            next.push(attempt.clone());
-            self.write_lock(&next)?;
-        }
-        Ok((attempt, hints))
+        self.conclude(history, attempt, hints)
     }
 
     /// Compile, judge, review (`review` gives a reason to reject, after the probes
@@ -297,6 +292,21 @@ impl Search<'_> {
             out.display()
         );
         Ok(())
+    }
+
+    /// Ends a round: a kept attempt rewrites Serve.lock with it.
+    fn conclude(
+        &self,
+        history: &History,
+        attempt: Attempt,
+        hints: Option<Hints>,
+    ) -> Result<(Attempt, Option<Hints>), BuildError> {
+        if attempt.verdict.is_kept() {
+            let mut next = history.clone();
+            next.push(attempt.clone());
+            self.write_lock(&next)?;
+        }
+        Ok((attempt, hints))
     }
 
     /// Serve.lock from the kept attempts of `history`.

@@ -57,6 +57,16 @@ impl fmt::Display for FileDiff {
     }
 }
 
+impl<P: Into<String>, C: Into<Vec<u8>>> FromIterator<(P, C)> for FileSet {
+    fn from_iter<I: IntoIterator<Item = (P, C)>>(files: I) -> FileSet {
+        let mut set = FileSet::default();
+        for (path, contents) in files {
+            set.insert(path, contents.into());
+        }
+        set
+    }
+}
+
 impl FileSet {
     /// Adds or replaces a file.
     pub fn insert(&mut self, path: impl Into<String>, contents: Vec<u8>) {

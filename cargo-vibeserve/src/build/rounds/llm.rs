@@ -204,12 +204,7 @@ impl Search<'_> {
             verdict,
             objective,
         };
-        if verdict.is_kept() {
-            let mut next = history.clone();
-            next.push(attempt.clone());
-            self.write_lock(&next)?;
-        }
-        Ok((attempt, hints))
+        self.conclude(history, attempt, hints)
     }
 
     /// The crate of `plan` with the patches of the accepted rounds before `before`
