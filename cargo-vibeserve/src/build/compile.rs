@@ -21,9 +21,23 @@ pub fn target_dir(vibeserve_dir: &Path) -> PathBuf {
     }
 }
 
+/// The lock file every compile holds in the shared target directory, from `cargo build`
+/// until its binary is copied out: every generated crate builds a binary named `server`
+/// into the same `release/` folder, so two builds at once (two searches, or a search and
+/// a test) could otherwise each copy out the other's binary.
+const BUILD_LOCK: &str = ".vibeserve-build.lock";
+
 /// Builds the crate in `crate_dir` and copies its server binary to `out` (through a
 /// temporary name and a rename). Returns `out`.
 pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBuf, CompileError> {
+    let lock_path = target_dir.join(BUILD_LOCK);
+    let lock_err = |source| CompileError::Lock {
+        path: lock_path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(target_dir).map_err(lock_err)?;
+    let lock = std::fs::File::create(&lock_path).map_err(lock_err)?;
+    lock.lock().map_err(lock_err)?; // released when `lock` drops, after the copy
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -75,6 +89,14 @@ pub enum CompileError {
         crate_dir: PathBuf,
         /// The end of cargo's output.
         log_tail: String,
+    },
+    /// The shared target directory's build lock could not be taken.
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
     },
     /// The binary could not be copied out.
     #[error("cannot copy the server binary to {}: {source}", path.display())]
