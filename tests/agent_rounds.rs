@@ -11,10 +11,10 @@
 
 #[path = "agent/endpoint.rs"]
 mod endpoint;
+mod support;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use endpoint::{Reply, answer, role_of, step_of};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use support::{target_copy, vibeserve};
 use vibeserve::agent::roles::{Budget, End, converse};
 use vibeserve::agent::tools::name;
 use vibeserve::agent::{ChatClient, Endpoint, Role};
@@ -36,69 +37,6 @@ const HONEST_NEW: &str = "pub const PREFETCH_ROWS: usize = 8;";
 const LAYER_LOOP: &str = "for (layer, block) in self.blocks.iter().enumerate() {";
 const SKIPPED_LOOP: &str =
     "for (layer, block) in self.blocks.iter().enumerate().take(N_LAYERS / 2) {";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate sits in the workspace")
-        .to_path_buf()
-}
-
-fn vibeserve(args: &[&str], endpoint: Option<&str>) -> Output {
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cargo-vibeserve"));
-    cmd.arg("vibeserve")
-        .args(args)
-        .current_dir(root())
-        .env("CARGO_TARGET_DIR", target_dir)
-        .env("NO_COLOR", "1")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY");
-    if let Some(url) = endpoint {
-        cmd.env("OPENAI_BASE_URL", url).env("OPENAI_API_KEY", KEY);
-    }
-    let out = cmd.output().expect("cargo-vibeserve runs");
-    eprintln!(
-        "$ cargo vibeserve {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A copy of the smollm2-cpu target (no Serve.lock) whose model is a `path` source.
-fn target_copy() -> tempfile::TempDir {
-    let model = std::env::var("VIBESERVE_TEST_MODEL").expect(
-        "set VIBESERVE_TEST_MODEL to the SmolLM2-135M-Instruct Q4_1 GGUF (the smollm2-cpu model)",
-    );
-    let src = root().join("targets/smollm2-cpu");
-    let dir = tempfile::tempdir().expect("a temp dir");
-    std::fs::copy(
-        src.join("workload.jsonl"),
-        dir.path().join("workload.jsonl"),
-    )
-    .expect("copy");
-    std::fs::create_dir(dir.path().join("accuracy")).expect("mkdir");
-    for name in ["check.py", "golden.jsonl", "heldout.jsonl"] {
-        let (from, to) = (
-            src.join("accuracy").join(name),
-            dir.path().join("accuracy").join(name),
-        );
-        std::fs::copy(from, to).expect("copy");
-    }
-    let toml = std::fs::read_to_string(src.join("Serve.toml")).expect("read Serve.toml");
-    let toml: String = toml
-        .lines()
-        .map(|l| match l.starts_with("source = ") {
-            true => format!("source = {{ path = {model:?} }}\n"),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(dir.path().join("Serve.toml"), toml).expect("write Serve.toml");
-    dir
-}
 
 fn call(tool: &str, args: serde_json::Value) -> (&str, String) {
     (tool, args.to_string())
@@ -181,7 +119,7 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
 #[test]
 #[ignore = "whole rounds on the real model (minutes); run with --ignored"]
 fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
-    let dir = target_copy();
+    let dir = target_copy(false);
     let ep = endpoint::start(script());
     let shown = dir.path().display().to_string();
     let state = dir.path().join("state");
@@ -198,7 +136,13 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
         "--agent-model",
         "scripted",
     ];
-    let out = vibeserve(&args, Some(&ep.url));
+    let out = vibeserve(
+        &args,
+        &[
+            ("OPENAI_BASE_URL", ep.url.as_str()),
+            ("OPENAI_API_KEY", KEY),
+        ],
+    );
     assert!(out.status.success(), "the agent build failed");
     let attempts = State::open(&state.join("state.git"))
         .expect("state")
@@ -239,7 +183,7 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
     );
     assert!(files_holding(dir.path(), KEY).is_empty());
 
-    let log = vibeserve(&["log", &shown, "--state-dir", &state_arg], None);
+    let log = vibeserve(&["log", &shown, "--state-dir", &state_arg], &[]);
     let text = String::from_utf8_lossy(&log.stdout);
     for role in ["implementer", "reviewer", "evaluator"] {
         assert!(text.contains(role), "log lacks the {role} row:\n{text}");
@@ -294,7 +238,7 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
     );
 
     let clean = dir.path().join("clean-state").display().to_string();
-    let out = vibeserve(&["build", &shown, "--locked", "--state-dir", &clean], None);
+    let out = vibeserve(&["build", &shown, "--locked", "--state-dir", &clean], &[]);
     assert!(
         out.status.success(),
         "build --locked without the endpoint failed"

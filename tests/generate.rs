@@ -2,6 +2,9 @@
 //! byte-identical from run to run, snapshot-tested file by file, consistent with the
 //! template's own `src/plan.rs`, and the generated crate builds on its own.
 
+#[path = "support/cuda.rs"]
+mod cuda;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -250,25 +253,13 @@ fn template_plan_cuda_rs_is_the_cuda_targets_round0() {
     }
 }
 
-/// Where the CUDA toolkit's nvcc is: `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH (the
-/// generated build.rs looks in the same places).
-fn nvcc() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CUDA_HOME") {
-        let nvcc = PathBuf::from(home).join("bin/nvcc");
-        return nvcc.is_file().then_some(nvcc);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("nvcc"))
-        .find(|nvcc| nvcc.is_file())
-}
-
 /// Both CUDA targets' generated crates compile — kernels through nvcc, launcher
 /// declarations through bindgen — on a machine with no GPU. `.ci/run` installs nvcc
 /// (pip `nvidia-cuda-nvcc==13.0.*` and friends, `CUDA_HOME` exported), so this runs in
 /// CI; on a machine without nvcc it prints that it is skipped and passes.
 #[test]
 fn cuda_generated_crates_build_without_a_gpu() {
-    let Some(nvcc) = nvcc() else {
+    let Some(nvcc) = cuda::nvcc() else {
         println!(
             "SKIPPED cuda_generated_crates_build_without_a_gpu: no nvcc (set CUDA_HOME or put nvcc on PATH; .ci/run installs it)"
         );
