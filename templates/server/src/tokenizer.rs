@@ -294,6 +294,13 @@ impl Tokenizer {
         self.special.token_to_id(text)
     }
 
+    /// The raw bytes `id` stands for (a control token: its text; an unknown id: none).
+    /// Unlike `decode`, a token holding part of a UTF-8 character keeps its bytes, which is
+    /// what OpenAI's logprob `bytes` field reports.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes_of(id, false)
+    }
+
     /// The raw bytes `id` stands for: empty for an unknown id, and for a control token
     /// when `skip_special`.
     fn bytes_of(&self, id: u32, skip_special: bool) -> &[u8] {

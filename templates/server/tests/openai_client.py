@@ -5,6 +5,7 @@ Every check asserts behaviour a client relies on; the first failure exits non-ze
 with its message. No pytest: the Rust test drives this script and reports its output.
 """
 
+import codecs
 import sys
 
 import openai
@@ -66,6 +67,22 @@ def chat_logprobs(client, model):
               f"greedy picked {entry.token!r} but the top was {best.token!r}")
 
 
+def chat_logprob_bytes(client, model):
+    """Each token's `bytes` are its raw bytes, so they join into the reply even where a
+    token holds only part of a character (Japanese text splits characters across tokens)."""
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hello in Japanese."}],
+        max_tokens=24, temperature=0, logprobs=True)
+    text = r.choices[0].message.content
+    joined = b"".join(bytes(entry.bytes) for entry in r.choices[0].logprobs.content)
+    # Complete characters only: a reply cut by max_tokens may end inside one.
+    whole = codecs.getincrementaldecoder("utf-8")().decode(joined)
+    # A reply that ended on its end-of-turn token lists that token too.
+    check(whole in (text, text + "<|im_end|>"),
+          f"bytes join to {joined!r}, the reply is {text!r}")
+    check(any(ord(c) > 127 for c in text), f"the reply {text!r} tests no multi-byte text")
+
+
 def echo_scoring(client, model):
     """The Judge's teacher-forced check: the prompt comes back scored, nothing generated."""
     prompt = "The quick brown fox jumps over the lazy dog"
@@ -109,7 +126,8 @@ def refusals(client, model):
 def main():
     client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0)
     model = client.models.list().data[0].id
-    for check_fn in [completions, chat, chat_logprobs, echo_scoring, refusals]:
+    for check_fn in [completions, chat, chat_logprobs, chat_logprob_bytes, echo_scoring,
+                     refusals]:
         check_fn(client, model)
         print(f"ok {check_fn.__name__}", flush=True)
 

@@ -135,7 +135,7 @@ impl ChatFormat {
     fn token_logprob(&self, id: u32, score: TokenScore) -> ChatTokenLogprob {
         let token = token_text(&self.tokenizer, id);
         ChatTokenLogprob {
-            bytes: token.as_bytes().to_vec(),
+            bytes: self.tokenizer.token_bytes(id).to_vec(),
             token,
             logprob: score.logprob,
             top_logprobs: score
@@ -144,7 +144,7 @@ impl ChatFormat {
                 .map(|(id, logprob)| {
                     let token = token_text(&self.tokenizer, id);
                     ChatTopLogprob {
-                        bytes: token.as_bytes().to_vec(),
+                        bytes: self.tokenizer.token_bytes(id).to_vec(),
                         token,
                         logprob,
                     }
