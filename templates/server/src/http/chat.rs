@@ -29,16 +29,6 @@ const ASSISTANT: &str = "assistant";
 pub async fn handle(
     State(app): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match serve(app, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn serve(
-    app: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatCompletionRequest = validate::parse_body(&body_bytes(body)?)?;
     let valid = validate::chat(req, &app.model_id)?;

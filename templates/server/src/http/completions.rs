@@ -24,16 +24,6 @@ use crate::tokenizer::Tokenizer;
 pub async fn handle(
     State(app): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match serve(app, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn serve(
-    app: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = validate::parse_body(&body_bytes(body)?)?;
     let valid = validate::completion(req, &app.model_id)?;

@@ -19,6 +19,26 @@ pub struct CompletionRequest {
     /// Most tokens to generate (OpenAI's default for completions is 16).
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Return the log probabilities of this many most likely tokens at each position.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
+    /// Return the prompt before the completion (scored, when `logprobs` is set).
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Only 1 is supported.
+    #[serde(default)]
+    pub best_of: Option<u32>,
+    /// Not supported; refused when given.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// The options chat shares.
+    #[serde(flatten)]
+    pub options: GenerationOptions,
+}
+
+/// The generation options both endpoints take, flattened into each request's body.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationOptions {
     /// Sampling temperature in [0, 2]; 0 means greedy.
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -46,12 +66,6 @@ pub struct CompletionRequest {
     /// Streaming options (`include_usage`).
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    /// Return the log probabilities of this many most likely tokens at each position.
-    #[serde(default)]
-    pub logprobs: Option<u32>,
-    /// Return the prompt before the completion (scored, when `logprobs` is set).
-    #[serde(default)]
-    pub echo: Option<bool>,
     /// Penalty in [-2, 2] on tokens that already appeared.
     #[serde(default)]
     pub presence_penalty: Option<f32>,
@@ -67,15 +81,9 @@ pub struct CompletionRequest {
     /// Extension (llama-server, vLLM): keep generating after the end-of-sequence token.
     #[serde(default)]
     pub ignore_eos: Option<bool>,
-    /// Only 1 is supported.
-    #[serde(default)]
-    pub best_of: Option<u32>,
     /// Not supported; a non-empty map is refused.
     #[serde(default)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Not supported; refused when given.
-    #[serde(default)]
-    pub suffix: Option<String>,
 }
 
 /// A completions prompt in any of the shapes OpenAI accepts.
@@ -124,63 +132,21 @@ pub struct ChatCompletionRequest {
     /// Most tokens to generate (default: up to the context length).
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
-    /// Sampling temperature in [0, 2]; 0 means greedy.
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
-    #[serde(default)]
-    pub top_p: Option<f32>,
-    /// Extension: keep only the k most likely tokens (0 or -1: no limit).
-    #[serde(default)]
-    pub top_k: Option<i64>,
-    /// Extension: drop tokens less likely than `min_p` times the most likely one.
-    #[serde(default)]
-    pub min_p: Option<f32>,
-    /// Seed of the request's sampling RNG: same seed, same output.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Stop sequences: generation ends before the first occurrence of any of them.
-    #[serde(default)]
-    pub stop: Option<Stop>,
-    /// Number of choices; only 1 is supported.
-    #[serde(default)]
-    pub n: Option<u32>,
-    /// Stream the answer as server-sent events.
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Streaming options (`include_usage`).
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
     /// Return the log probability of each generated token.
     #[serde(default)]
     pub logprobs: Option<bool>,
     /// With `logprobs`, also return this many most likely tokens at each position.
     #[serde(default)]
     pub top_logprobs: Option<u32>,
-    /// Penalty in [-2, 2] on tokens that already appeared.
-    #[serde(default)]
-    pub presence_penalty: Option<f32>,
-    /// Penalty in [-2, 2] proportional to how often a token already appeared.
-    #[serde(default)]
-    pub frequency_penalty: Option<f32>,
-    /// Extension: multiplicative repetition penalty (1 = none).
-    #[serde(default)]
-    pub repetition_penalty: Option<f32>,
-    /// End user id; accepted and ignored.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Extension (llama-server, vLLM): keep generating after the end-of-sequence token.
-    #[serde(default)]
-    pub ignore_eos: Option<bool>,
     /// Output format; only `{"type": "text"}` is supported so far.
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
-    /// Not supported; a non-empty map is refused.
-    #[serde(default)]
-    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// Tool definitions; not supported, refused when non-empty.
     #[serde(default)]
     pub tools: Option<Vec<serde_json::Value>>,
+    /// The options completions shares.
+    #[serde(flatten)]
+    pub options: GenerationOptions,
 }
 
 /// `response_format`.

@@ -4,8 +4,8 @@
 
 use super::error::ApiError;
 use super::openai::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, MessageContent, Prompt,
-    Stop,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, GenerationOptions,
+    MessageContent, Prompt, Stop,
 };
 use crate::plan;
 use crate::sampler::{MAX_TOP_LOGPROBS, SamplingError, SamplingParams, ValidSamplingParams};
@@ -69,10 +69,19 @@ pub struct ValidChat {
     pub params: ValidParams,
 }
 
-/// Parses a JSON body into `T`, naming the path of a field of the wrong type.
+/// Parses a request body into `T`, naming the path of a field of the wrong type.
+///
+/// `#[serde(flatten)]` hides a field's name from the error path, so the options both
+/// requests flatten in are read on their own first: a wrong type there is named too.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    from_value::<GenerationOptions>(&value)?;
+    from_value(&value)
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -86,9 +95,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 /// Checks a `/v1/completions` request.
 pub fn completion(req: CompletionRequest, served: &str) -> Result<ValidCompletion, ApiError> {
     check_model(req.model.as_deref(), served)?;
-    check_n(req.n, "n")?;
     check_n(req.best_of, "best_of")?;
-    check_no_logit_bias(req.logit_bias.as_ref())?;
     if req.suffix.is_some() {
         return Err(unsupported("suffix", "is not supported"));
     }
@@ -97,37 +104,17 @@ pub fn completion(req: CompletionRequest, served: &str) -> Result<ValidCompletio
         Some(k) => Some(top_count(k, "logprobs")?),
         None => None,
     };
-    let params = ValidParams {
-        max_tokens: Some(
-            req.max_tokens
-                .map_or(COMPLETIONS_DEFAULT_MAX_TOKENS, |m| m as usize),
-        ),
-        sampling: sampling(SamplingFields {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            seed: req.seed,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            repetition_penalty: req.repetition_penalty,
-            stop: stop(req.stop)?,
-            logprobs,
-            ignore_eos: req.ignore_eos.unwrap_or(false),
-        })?,
-        logprobs,
-        echo: req.echo.unwrap_or(false),
-        stream: req.stream.unwrap_or(false),
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-    };
+    let max_tokens = req
+        .max_tokens
+        .map_or(COMPLETIONS_DEFAULT_MAX_TOKENS, |m| m as usize);
+    let echo = req.echo.unwrap_or(false);
+    let params = ValidParams::new(Some(max_tokens), logprobs, echo, req.options)?;
     Ok(ValidCompletion { prompt, params })
 }
 
 /// Checks a `/v1/chat/completions` request.
 pub fn chat(req: ChatCompletionRequest, served: &str) -> Result<ValidChat, ApiError> {
     check_model(req.model.as_deref(), served)?;
-    check_n(req.n, "n")?;
-    check_no_logit_bias(req.logit_bias.as_ref())?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(unsupported("tools", "(tool calling) is not supported yet"));
     }
@@ -154,29 +141,8 @@ pub fn chat(req: ChatCompletionRequest, served: &str) -> Result<ValidChat, ApiEr
         }
         (false, None) => None,
     };
-    let params = ValidParams {
-        max_tokens: req
-            .max_completion_tokens
-            .or(req.max_tokens)
-            .map(|m| m as usize),
-        sampling: sampling(SamplingFields {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            seed: req.seed,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            repetition_penalty: req.repetition_penalty,
-            stop: stop(req.stop)?,
-            logprobs,
-            ignore_eos: req.ignore_eos.unwrap_or(false),
-        })?,
-        logprobs,
-        echo: false,
-        stream: req.stream.unwrap_or(false),
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-    };
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    let params = ValidParams::new(max_tokens.map(|m| m as usize), logprobs, false, req.options)?;
     Ok(ValidChat { messages, params })
 }
 
@@ -198,24 +164,37 @@ pub fn check_context(prompt_len: usize, max_tokens: Option<usize>) -> Result<usi
     Ok(max_tokens)
 }
 
-/// The sampling fields both endpoints share, as the client sent them.
-struct SamplingFields {
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i64>,
-    min_p: Option<f32>,
-    seed: Option<u64>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    repetition_penalty: Option<f32>,
-    stop: Vec<String>,
-    logprobs: Option<usize>,
-    ignore_eos: bool,
+impl ValidParams {
+    /// Checks the options both endpoints share, given the endpoint's own `max_tokens`,
+    /// `logprobs` and `echo`.
+    fn new(
+        max_tokens: Option<usize>,
+        logprobs: Option<usize>,
+        echo: bool,
+        options: GenerationOptions,
+    ) -> Result<Self, ApiError> {
+        check_n(options.n, "n")?;
+        check_no_logit_bias(options.logit_bias.as_ref())?;
+        Ok(Self {
+            max_tokens,
+            logprobs,
+            echo,
+            stream: options.stream.unwrap_or(false),
+            include_usage: options
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            sampling: sampling(options, logprobs)?,
+        })
+    }
 }
 
 /// Checks the sampling fields with OpenAI's ranges and messages, then hands them to
 /// the sampler's own validation.
-fn sampling(f: SamplingFields) -> Result<ValidSamplingParams, ApiError> {
+fn sampling(
+    f: GenerationOptions,
+    logprobs: Option<usize>,
+) -> Result<ValidSamplingParams, ApiError> {
     let in_range = |param, value: Option<f32>, default, lo: f32, hi: f32| {
         let v = value.unwrap_or(default);
         if v.is_finite() && (lo..=hi).contains(&v) {
@@ -252,10 +231,10 @@ fn sampling(f: SamplingFields) -> Result<ValidSamplingParams, ApiError> {
         presence_penalty: in_range("presence_penalty", f.presence_penalty, 0.0, -2.0, 2.0)?,
         frequency_penalty: in_range("frequency_penalty", f.frequency_penalty, 0.0, -2.0, 2.0)?,
         repetition_penalty,
-        logprobs: f.logprobs.is_some(),
-        top_logprobs: f.logprobs.unwrap_or(0),
-        stop: f.stop,
-        ignore_eos: f.ignore_eos,
+        logprobs: logprobs.is_some(),
+        top_logprobs: logprobs.unwrap_or(0),
+        stop: stop(f.stop)?,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
         ..SamplingParams::default()
     };
     params.validate().map_err(|e| match e {

@@ -44,6 +44,12 @@ fn malformed_json_and_wrong_types_are_invalid_body() {
         ApiError::InvalidBody(msg) => assert!(msg.contains("max_tokens"), "{msg}"),
         other => panic!("expected InvalidBody, got {other:?}"),
     }
+    // A shared option (flattened into both requests) is named too.
+    let err = chat_json(json!({"messages": [], "temperature": "hot"})).expect_err("type");
+    assert!(
+        matches!(&err, ApiError::InvalidBody(msg) if msg.contains("temperature")),
+        "{err:?}"
+    );
     let err = completion_json(json!({"max_tokens": 3})).expect_err("no prompt");
     assert!(matches!(err, ApiError::InvalidBody(msg) if msg.contains("prompt")));
 }
