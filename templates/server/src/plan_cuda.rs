@@ -23,3 +23,22 @@ pub const CUDA_ELEMWISE_THREADS: usize = 256;
 pub const CUDA_SAMPLE_THREADS: usize = 1024;
 /// cuBLAS workspace, set once so that graph capture never allocates.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
+
+// --- Tensor parallelism ---
+/// GPUs one copy of the model is split across: each rank holds its heads, FFN columns
+/// and vocabulary slice (see `shard.rs`) and drives its own GPU.
+pub const TENSOR_PARALLEL: usize = 1;
+/// How the ranks sum their partial outputs after the o and down projections.
+pub const ALL_REDUCE: AllReduce = AllReduce::Nccl;
+/// Overlap each all-reduce with the next GEMM instead of running them in turn.
+pub const OVERLAP_COMM: bool = false;
+
+/// The all-reduce that sums tensor-parallel partial outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllReduce {
+    /// NCCL's all-reduce (ring or tree): right for every message size.
+    Nccl,
+    /// One kernel that reads every peer's buffer over NVLink and sums in place: lower
+    /// latency for the few-KiB messages of batch-1 decode.
+    OneShot,
+}
