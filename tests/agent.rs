@@ -95,6 +95,11 @@ fn escape_attempts_are_refused_and_nothing_outside_changes() {
         (name::READ, json!({"path": "etc/passwd"})),
         (
             name::WRITE,
+            json!({"path": "etc/vibeserve-escape", "content": "x"}),
+        ),
+        (name::LIST, json!({"path": "etc"})),
+        (
+            name::WRITE,
             json!({"path": "../outside/secret.txt", "content": "x"}),
         ),
         (
@@ -131,6 +136,14 @@ fn escape_attempts_are_refused_and_nothing_outside_changes() {
             name::CARGO,
             json!({"subcommand": "build", "args": ["--manifest-path", "/etc/Cargo.toml"]}),
         ),
+        (
+            name::CARGO,
+            json!({"subcommand": "build", "args": ["--config", "build.target-dir='/tmp/x'"]}),
+        ),
+        (
+            name::CARGO,
+            json!({"subcommand": "run", "args": ["--", "/etc/passwd"]}),
+        ),
         ("shell", json!({"command": "cat /etc/passwd"})),
     ];
     for (tool, args) in &attempts {
@@ -146,6 +159,7 @@ fn escape_attempts_are_refused_and_nothing_outside_changes() {
         "something outside the workspace changed"
     );
     assert!(!Path::new("/tmp/vibeserve-escape").exists());
+    assert!(!Path::new("/etc/vibeserve-escape").exists());
     assert_eq!(
         std::fs::read_to_string(f.crate_dir.join("Plan.toml")).expect("read"),
         "# the plan\n"
