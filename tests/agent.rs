@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use endpoint::{Reply, answer, error};
+use endpoint::{Event, Reply, answer, error, sse_events};
 use serde_json::json;
 use vibeserve::agent::roles::{Budget, End, converse};
 use vibeserve::agent::sandbox::{Workspace, landlock_supported};
@@ -95,6 +95,11 @@ fn escape_attempts_are_refused_and_nothing_outside_changes() {
         (name::READ, json!({"path": "etc/passwd"})),
         (
             name::WRITE,
+            json!({"path": "etc/vibeserve-escape", "content": "x"}),
+        ),
+        (name::LIST, json!({"path": "etc"})),
+        (
+            name::WRITE,
             json!({"path": "../outside/secret.txt", "content": "x"}),
         ),
         (
@@ -131,6 +136,14 @@ fn escape_attempts_are_refused_and_nothing_outside_changes() {
             name::CARGO,
             json!({"subcommand": "build", "args": ["--manifest-path", "/etc/Cargo.toml"]}),
         ),
+        (
+            name::CARGO,
+            json!({"subcommand": "build", "args": ["--config", "build.target-dir='/tmp/x'"]}),
+        ),
+        (
+            name::CARGO,
+            json!({"subcommand": "run", "args": ["--", "/etc/passwd"]}),
+        ),
         ("shell", json!({"command": "cat /etc/passwd"})),
     ];
     for (tool, args) in &attempts {
@@ -146,6 +159,7 @@ fn escape_attempts_are_refused_and_nothing_outside_changes() {
         "something outside the workspace changed"
     );
     assert!(!Path::new("/tmp/vibeserve-escape").exists());
+    assert!(!Path::new("/etc/vibeserve-escape").exists());
     assert_eq!(
         std::fs::read_to_string(f.crate_dir.join("Plan.toml")).expect("read"),
         "# the plan\n"
@@ -208,7 +222,8 @@ fn client(url: &str) -> ChatClient {
         api_key: KEY.into(),
         model: "scripted".into(),
     });
-    c.timeout = Duration::from_secs(2);
+    c.timeout = Duration::from_secs(4);
+    c.stall = Duration::from_secs(2);
     c.first_backoff = Duration::from_millis(10);
     c
 }
@@ -235,10 +250,25 @@ fn transient_failures_are_retried_and_the_key_is_sent_but_never_written() {
     let n = Arc::new(AtomicUsize::new(0));
     let count = n.clone();
     let ep = endpoint::start(Arc::new(move |_, _| {
+        let first_chunk = || {
+            sse_events(&answer(Some("{\"verdict\": \"pass\"}"), &[], 30, 7), true)
+                .into_iter()
+                .next()
+                .expect("a stream has a first chunk")
+        };
         match count.fetch_add(1, Ordering::SeqCst) {
             0 => Reply::Json(429, error("slow down")),
             1 => Reply::Json(500, error("overloaded")),
             2 => Reply::Stall(Duration::from_secs(5)),
+            // The stream opens, sends its first chunk, then goes silent.
+            3 => Reply::Events(vec![first_chunk(), Event::Pause(Duration::from_secs(5))]),
+            // A chunk that is not JSON.
+            4 => Reply::Events(vec![
+                first_chunk(),
+                Event::Data("{\"choices\": [ oops".into()),
+            ]),
+            // A stream that ends before any chunk.
+            5 => Reply::Events(vec![]),
             _ => Reply::Json(
                 200,
                 answer(
@@ -263,17 +293,26 @@ fn transient_failures_are_retried_and_the_key_is_sent_but_never_written() {
         matches!(&end, End::Done(a) if a.contains("pass")),
         "{end:?}"
     );
+    assert_eq!(n.load(Ordering::SeqCst), 7, "six failures, then the answer");
+    // async-openai's own layer retries the 429 and the 500; the stall before the
+    // answer, the stall inside the stream, the broken chunk and the empty stream are ours.
+    assert_eq!((conv.usage.calls, conv.usage.retries), (1, 4));
+    // Counted from the stream's usage chunk.
     assert_eq!(
-        n.load(Ordering::SeqCst),
-        4,
-        "three failures, then the answer"
+        (
+            conv.usage.prompt_tokens,
+            conv.usage.completion_tokens,
+            conv.usage.estimated
+        ),
+        (30, 7, 0)
     );
-    // async-openai's own layer retries the 429 and the 500; the stall is ours.
-    assert_eq!((conv.usage.calls, conv.usage.retries), (1, 1));
-    assert_eq!(
-        (conv.usage.prompt_tokens, conv.usage.completion_tokens),
-        (30, 7)
+    let reqs = ep.requests.lock().expect("lock");
+    assert!(
+        reqs.iter()
+            .all(|r| r["stream"] == true && r["stream_options"]["include_usage"] == true),
+        "every request streams and asks for usage"
     );
+    drop(reqs);
     assert!(
         ep.auth
             .lock()

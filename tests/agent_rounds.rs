@@ -1,13 +1,14 @@
 //! Whole rounds with the LLM back end on the real default target, against the scripted
-//! endpoint (`agent/endpoint.rs`): round 1's agent reads a skill, changes a plan constant,
-//! builds and stops — judged, reviewed, measured, its patch recorded; round 2's agent
-//! skips half the forward pass — rejected by a probe, the reason in `log`. Then
-//! `build --locked` rebuilds round 1's tree from the patch with no endpoint at all.
+//! endpoint (`agent/endpoint.rs`, streamed): round 1's agent skips half the forward pass
+//! — rejected by a probe, the reason in `log`; round 2's agent reads a skill, changes a
+//! plan constant, builds, tests and stops — judged, reviewed, measured, its patch
+//! recorded. Then `build --locked` on a clean copy of the target rebuilds round 2's tree
+//! from the patch with no endpoint at all, and round 0's server answers the back end's
+//! own chat request (the transport against a real server).
 //!
-//! Needs the real model: `VIBESERVE_TEST_MODEL=path/to/SmolLM2-135M-Instruct.Q4_1.gguf`.
-//! Slow (round 0 and two agent rounds compile and judge the server; round 1 is
-//! benchmarked): ignored by default; run with
-//! `cargo test -p cargo-vibeserve --test agent_rounds -- --ignored`.
+//! Needs the real model (`VIBESERVE_TEST_MODEL`, set by `.cargo/config.toml` to where
+//! `cargo vibeserve fetch smollm2-cpu` puts it). To keep it to a few minutes on 2 cores,
+//! the target copy's workload asks for at most [`BENCH_MAX_TOKENS`] tokens a request.
 
 #[path = "agent/endpoint.rs"]
 mod endpoint;
@@ -25,13 +26,15 @@ use sha2::{Digest, Sha256};
 use support::{target_copy, vibeserve};
 use vibeserve::agent::roles::{Budget, End, converse};
 use vibeserve::agent::tools::name;
-use vibeserve::agent::{ChatClient, Endpoint, Role};
+use vibeserve::agent::{ChatClient, Endpoint, Role, Transcript};
 use vibeserve::bench::peer::{ServerProcess, free_port};
 use vibeserve::lock::{Lock, LockedRound, PatchRef};
 use vibeserve::search::Verdict;
 use vibeserve::state::State;
 
 const KEY: &str = "sk-test-ROUNDS-KEY-never-on-disk";
+/// The benchmark's answer length in the test's copy of the target.
+const BENCH_MAX_TOKENS: u32 = 16;
 const HONEST_OLD: &str = "pub const PREFETCH_ROWS: usize = 4;";
 const HONEST_NEW: &str = "pub const PREFETCH_ROWS: usize = 8;";
 const LAYER_LOOP: &str = "for (layer, block) in self.blocks.iter().enumerate() {";
@@ -42,7 +45,7 @@ fn call(tool: &str, args: serde_json::Value) -> (&str, String) {
     (tool, args.to_string())
 }
 
-/// The scripted model: an honest Implementer first, a cheating one second; a reviewer
+/// The scripted model: a cheating Implementer first, an honest one second; a reviewer
 /// that passes; an Evaluator with notes.
 fn script() -> endpoint::Script {
     let implementer_runs = Arc::new(AtomicUsize::new(0));
@@ -54,28 +57,31 @@ fn script() -> endpoint::Script {
                 if step == 0 {
                     implementer_runs.fetch_add(1, Ordering::SeqCst);
                 }
-                let honest = implementer_runs.load(Ordering::SeqCst) == 1;
-                let calls = match (honest, step) {
+                let cheat = implementer_runs.load(Ordering::SeqCst) == 1;
+                let calls = match (cheat, step) {
                     (true, 0) => vec![call(
-                        name::READ_SKILL,
-                        json!({"id": "hardware/matmul-tiling"}),
-                    )],
-                    (true, 1) => vec![call(
-                        name::READ,
-                        json!({"path": "src/plan.rs", "start": 50, "end": 70}),
-                    )],
-                    (true, 2) => vec![call(
-                        name::REPLACE,
-                        json!({"path": "src/plan.rs", "old": HONEST_OLD, "new": HONEST_NEW}),
-                    )],
-                    (true, 3) => vec![call(name::CARGO, json!({"subcommand": "build"}))],
-                    (false, 0) => vec![call(
                         name::REPLACE,
                         json!({"path": "src/model/llama.rs", "old": LAYER_LOOP, "new": SKIPPED_LOOP}),
                     )],
+                    (false, 0) => vec![call(
+                        name::READ_SKILL,
+                        json!({"id": "hardware/matmul-tiling"}),
+                    )],
+                    (false, 1) => vec![call(
+                        name::SEARCH,
+                        json!({"pattern": "PREFETCH_ROWS", "path": "src/plan.rs"}),
+                    )],
+                    (false, 2) => vec![call(
+                        name::REPLACE,
+                        json!({"path": "src/plan.rs", "old": HONEST_OLD, "new": HONEST_NEW}),
+                    )],
+                    (false, 3) => vec![call(name::CARGO, json!({"subcommand": "build"}))],
+                    (false, 4) => vec![call(
+                        name::CARGO,
+                        json!({"subcommand": "test", "args": ["--release", "--lib"]}),
+                    )],
                     _ => vec![call(name::FINISH, json!({"summary": "done"}))],
                 };
-                let calls: Vec<(&str, String)> = calls;
                 answer(None, &calls, usage.0, usage.1)
             }
             "reviewer" => answer(
@@ -98,6 +104,55 @@ fn script() -> endpoint::Script {
     })
 }
 
+/// The target copy's workload with every request's `max_tokens` capped.
+fn cap_workload(dir: &Path) {
+    let path = dir.join("workload.jsonl");
+    let text = std::fs::read_to_string(&path).expect("the workload");
+    let capped: String = text
+        .lines()
+        .map(|line| {
+            let mut req: serde_json::Value = serde_json::from_str(line).expect("a request");
+            let asked = req["max_tokens"].as_u64().unwrap_or(u64::MAX);
+            req["max_tokens"] = json!(asked.min(u64::from(BENCH_MAX_TOKENS)));
+            format!("{req}\n")
+        })
+        .collect();
+    std::fs::write(&path, capped).expect("write the workload");
+}
+
+/// A clean copy of the target folder `from` (Serve.toml, Serve.lock, patches, workload,
+/// accuracy data): no state, no transcripts, no build output.
+fn clean_copy(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().expect("a temp dir");
+    for sub in ["patches", "accuracy"] {
+        std::fs::create_dir(to.path().join(sub)).expect("mkdir");
+        for e in std::fs::read_dir(from.join(sub))
+            .expect("read_dir")
+            .flatten()
+        {
+            std::fs::copy(e.path(), to.path().join(sub).join(e.file_name())).expect("copy");
+        }
+    }
+    for name in ["Serve.toml", "Serve.lock", "workload.jsonl"] {
+        std::fs::copy(from.join(name), to.path().join(name)).expect("copy");
+    }
+    to
+}
+
+/// The text of every tool result in round `round`'s transcript.
+fn tool_results(state: &Path, round: u32) -> Vec<String> {
+    let path = state.join(format!("agent/round-{round}.json"));
+    let t: Transcript =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the transcript"))
+            .expect("a transcript");
+    t.conversations
+        .iter()
+        .flat_map(|c| c.messages.iter())
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// Files under `dir` that hold `needle`.
 fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut hits = Vec::new();
@@ -117,9 +172,10 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "whole rounds on the real model (minutes); run with --ignored"]
 fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
+    let started = Instant::now();
     let dir = target_copy(false);
+    cap_workload(dir.path());
     let ep = endpoint::start(script());
     let shown = dir.path().display().to_string();
     let state = dir.path().join("state");
@@ -144,31 +200,47 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
         ],
     );
     assert!(out.status.success(), "the agent build failed");
+    eprintln!("search: {:.0?}", started.elapsed());
     let attempts = State::open(&state.join("state.git"))
         .expect("state")
         .attempts()
         .expect("attempts");
     let verdicts: Vec<Verdict> = attempts.iter().map(|a| a.record.verdict).collect();
     assert_eq!(verdicts.len(), 3, "{verdicts:?}");
-    assert!(
-        matches!(
-            verdicts[1],
-            Verdict::Accepted | Verdict::RejectedRegression | Verdict::RejectedConstraint
-        ),
-        "round 1 must be judged correct and measured: {verdicts:?}"
-    );
     assert_eq!(
-        verdicts[2],
+        verdicts[1],
         Verdict::RejectedJudge,
         "the skipped forward pass must fail a probe"
     );
+    assert!(
+        matches!(
+            verdicts[2],
+            Verdict::Accepted | Verdict::RejectedRegression | Verdict::RejectedConstraint
+        ),
+        "round 2 must be judged correct and measured: {verdicts:?}"
+    );
+    let results = tool_results(&state, 2);
+    assert!(
+        results.first().is_some_and(|r| !r.starts_with("error:")),
+        "round 2's agent could not read the skill: {results:#?}"
+    );
+    for (what, done) in [
+        ("built", "cargo build: exit code 0"),
+        ("tested", "cargo test: exit code 0"),
+    ] {
+        assert!(
+            results.iter().any(|r| r.contains(done)),
+            "round 2's agent has not {what}: {results:#?}"
+        );
+    }
     let patch =
-        std::fs::read_to_string(state.join("agent/round-1.patch")).expect("round 1's patch");
+        std::fs::read_to_string(state.join("agent/round-2.patch")).expect("round 2's patch");
     assert!(
         patch.contains(&format!("-{HONEST_OLD}")) && patch.contains(&format!("+{HONEST_NEW}")),
         "{patch}"
     );
-    assert!(!ep.requests.lock().expect("lock").is_empty());
+    let requests = ep.requests.lock().expect("lock").clone();
+    assert!(requests.iter().all(|r| r["stream"] == true));
     assert!(
         ep.auth
             .lock()
@@ -189,64 +261,73 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
         assert!(text.contains(role), "log lacks the {role} row:\n{text}");
     }
     assert!(
-        text.contains("round 2: rejected-judge: "),
+        text.contains("round 1: rejected-judge: "),
         "log lacks the probe's reason:\n{text}"
     );
 
-    // The lock names round 1's patch with its digest: as the search wrote it when the
-    // round was accepted, or (a measured regression) as it would have.
-    let lock_path = dir.path().join("Serve.lock");
-    let mut lock = Lock::read(&lock_path).expect("Serve.lock");
-    let round1 = &attempts[1];
-    let files = State::open(&state.join("state.git"))
-        .expect("state")
-        .files(&round1.commit)
-        .expect("files");
-    if verdicts[1] != Verdict::Accepted {
-        std::fs::create_dir_all(dir.path().join("patches")).expect("mkdir");
-        std::fs::write(dir.path().join("patches/round-1.patch"), &patch).expect("write");
-        let r = &round1.record;
-        let patch_ref = PatchRef {
-            path: "patches/round-1.patch".into(),
-            sha256: hex::encode(Sha256::digest(patch.as_bytes())),
-        };
-        let locked = LockedRound {
-            round: 1,
-            skill: r.skill.clone().unwrap_or_default(),
-            label: r.label.clone().unwrap_or_default(),
-            verdict: Verdict::Accepted,
-            changes: vec![],
-            patch: Some(patch_ref),
-            metrics: r.metrics.clone(),
-        };
-        // What `Lock::accept` records: the round and the tree it leads to.
-        lock.rounds.push(locked);
-        lock.tree = files.tree_digest();
-        lock.write(&lock_path).expect("write Serve.lock");
-    }
-    let lock = Lock::read(&lock_path).expect("Serve.lock");
+    lock_round(dir.path(), &state, &attempts[2], &patch);
+    let lock = Lock::read(&dir.path().join("Serve.lock")).expect("Serve.lock");
     let locked_patch = lock.rounds[0]
         .patch
         .clone()
-        .expect("round 1 is a patch round");
+        .expect("round 2 is a patch round");
     let on_disk = std::fs::read(dir.path().join(&locked_patch.path)).expect("the locked patch");
     assert_eq!(hex::encode(Sha256::digest(&on_disk)), locked_patch.sha256);
+    let files = State::open(&state.join("state.git"))
+        .expect("state")
+        .files(&attempts[2].commit)
+        .expect("files");
     assert_eq!(
         lock.tree,
         files.tree_digest(),
-        "the lock's tree is round 1's crate"
+        "the lock's tree is round 2's crate"
     );
 
-    let clean = dir.path().join("clean-state").display().to_string();
-    let out = vibeserve(&["build", &shown, "--locked", "--state-dir", &clean], &[]);
+    let clean = clean_copy(dir.path());
+    let clean_shown = clean.path().display().to_string();
+    let out = vibeserve(&["build", &clean_shown, "--locked"], &[]);
     assert!(
         out.status.success(),
         "build --locked without the endpoint failed"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("locked server reproduced"));
+    eprintln!("search and locked rebuild: {:.0?}", started.elapsed());
 
     let model = std::env::var("VIBESERVE_TEST_MODEL").expect("the model");
     smoke_test_our_server(&state.join("rounds/0/server"), &model);
+}
+
+/// Serve.lock naming round `attempt`'s patch with its digest: as the search wrote it
+/// when the round was accepted, or, for a measured regression, as it would have.
+fn lock_round(dir: &Path, state: &Path, attempt: &vibeserve::state::StoredAttempt, patch: &str) {
+    if attempt.record.verdict == Verdict::Accepted {
+        return;
+    }
+    let lock_path = dir.join("Serve.lock");
+    let mut lock = Lock::read(&lock_path).expect("Serve.lock");
+    let rel = format!("patches/round-{}.patch", attempt.record.round);
+    std::fs::create_dir_all(dir.join("patches")).expect("mkdir");
+    std::fs::write(dir.join(&rel), patch).expect("write");
+    let r = &attempt.record;
+    lock.rounds.push(LockedRound {
+        round: r.round,
+        skill: r.skill.clone().unwrap_or_default(),
+        label: r.label.clone().unwrap_or_default(),
+        verdict: Verdict::Accepted,
+        changes: vec![],
+        patch: Some(PatchRef {
+            path: rel,
+            sha256: hex::encode(Sha256::digest(patch.as_bytes())),
+        }),
+        metrics: r.metrics.clone(),
+    });
+    // What `Lock::accept` records: the round and the tree it leads to.
+    let files = State::open(&state.join("state.git"))
+        .expect("state")
+        .files(&attempt.commit)
+        .expect("files");
+    lock.tree = files.tree_digest();
+    lock.write(&lock_path).expect("write Serve.lock");
 }
 
 /// The transport against a real server: round 0's server (built by the rounds above)

@@ -1,18 +1,24 @@
 //! A scripted OpenAI-compatible endpoint for the agent tests: an axum server on a free
 //! loopback port whose answers a closure picks from each request. It stands in for a
-//! paid remote model, so the tests run offline and deterministically.
+//! paid remote model, so the tests run offline and deterministically. A request with
+//! `stream: true` gets its answer as server-sent events, as OpenAI sends them: a role
+//! chunk, the content and each tool call's arguments in pieces, the finish reason, a
+//! usage chunk when `stream_options.include_usage` asks, then `[DONE]`.
 
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
 /// What the endpoint answers to one request.
 pub enum Reply {
-    /// A status and a JSON body.
+    /// A status and a JSON body (a 200 completion is streamed when the request asks).
     Json(u16, Value),
     /// Say nothing for this long (a stalled server).
     #[allow(
@@ -20,6 +26,24 @@ pub enum Reply {
         reason = "each test binary that includes this file uses part of it"
     )]
     Stall(Duration),
+    /// A 200 event stream sent as given (for broken and stalling streams).
+    #[allow(
+        dead_code,
+        reason = "each test binary that includes this file uses part of it"
+    )]
+    Events(Vec<Event>),
+}
+
+/// One step of a scripted event stream.
+#[allow(
+    dead_code,
+    reason = "each test binary that includes this file uses part of it"
+)]
+pub enum Event {
+    /// A `data:` line with this text.
+    Data(String),
+    /// Silence for this long.
+    Pause(Duration),
 }
 
 /// Picks the answer to a request body and its headers.
@@ -57,15 +81,21 @@ pub fn start(script: Script) -> Endpoint {
                         .unwrap_or_default()
                         .to_string();
                     auths.lock().expect("lock").push(header);
+                    let streamed = body["stream"] == true;
                     match script(&body, &headers) {
+                        Reply::Json(200, value) if streamed => {
+                            let usage = body["stream_options"]["include_usage"] == true;
+                            sse(sse_events(&value, usage))
+                        }
                         Reply::Json(status, value) => {
                             let code = StatusCode::from_u16(status).expect("a status");
-                            (code, Json(value))
+                            (code, Json(value)).into_response()
                         }
                         Reply::Stall(d) => {
                             tokio::time::sleep(d).await;
-                            (StatusCode::OK, Json(json!({})))
+                            (StatusCode::OK, Json(json!({}))).into_response()
                         }
+                        Reply::Events(events) => sse(events),
                     }
                 }
             };
@@ -112,6 +142,82 @@ pub fn answer(
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                   "total_tokens": prompt + completion}
     })
+}
+
+/// A 200 event-stream response that sends `events` in order, pausing where told.
+fn sse(events: Vec<Event>) -> Response {
+    let stream = futures_util::stream::unfold(events.into_iter(), |mut rest| async move {
+        loop {
+            match rest.next()? {
+                Event::Pause(d) => tokio::time::sleep(d).await,
+                Event::Data(text) => {
+                    return Some((Ok::<_, Infallible>(format!("data: {text}\n\n")), rest));
+                }
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A chat completion as the chunks of its stream: the role, the content in two
+/// pieces, each tool call's id and name with the first half of its arguments and then
+/// the rest, the finish reason, the usage (when `usage`), and `[DONE]`.
+pub fn sse_events(completion: &Value, usage: bool) -> Vec<Event> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0,
+               "model": "scripted",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let halves = |text: &str| {
+        let mut cut = text.len() / 2;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        (text[..cut].to_string(), text[cut..].to_string())
+    };
+    let choice = &completion["choices"][0];
+    let message = &choice["message"];
+    let mut chunks = vec![chunk(json!({"role": "assistant"}), Value::Null)];
+    if let Some(content) = message["content"].as_str() {
+        let (a, b) = halves(content);
+        chunks.push(chunk(json!({"content": a}), Value::Null));
+        chunks.push(chunk(json!({"content": b}), Value::Null));
+    }
+    for (i, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let (a, b) = halves(call["function"]["arguments"].as_str().unwrap_or_default());
+        chunks.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                   "function": {"name": call["function"]["name"], "arguments": a}}]}),
+            Value::Null,
+        ));
+        chunks.push(chunk(
+            json!({"tool_calls": [{"index": i, "function": {"arguments": b}}]}),
+            Value::Null,
+        ));
+    }
+    chunks.push(chunk(json!({}), choice["finish_reason"].clone()));
+    if usage {
+        chunks.push(
+            json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                           "created": 0, "model": "scripted", "choices": [],
+                           "usage": completion["usage"]}),
+        );
+    }
+    let mut events: Vec<Event> = chunks
+        .into_iter()
+        .map(|c| Event::Data(c.to_string()))
+        .collect();
+    events.push(Event::Data("[DONE]".into()));
+    events
 }
 
 /// An OpenAI-style error body.

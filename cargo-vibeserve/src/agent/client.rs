@@ -1,16 +1,22 @@
-//! The transport: chat completions with tool calling through `async-openai`, against
-//! any OpenAI-compatible base URL. async-openai's own layer retries 429 and 5xx answers
-//! (3 retries, exponential backoff, `Retry-After` honoured); this loop adds a time limit
-//! per request and retries, with exponential backoff, what that layer passes on: stalls,
-//! connection errors, unreadable bodies and 429/5xx it gave up on — [`MAX_ATTEMPTS`] in
-//! all, then an error. Nothing here ever prints the key.
+//! The transport: streamed chat completions with tool calling through `async-openai`,
+//! against any OpenAI-compatible base URL. Every request streams (`stream: true`, with
+//! `stream_options.include_usage` so the last chunk carries the token counts); the
+//! chunks are assembled by [`super::stream`]. async-openai's own layer retries 429 and
+//! 5xx answers to the opening request (3 retries, exponential backoff, `Retry-After`
+//! honoured); this loop adds a time limit per request and on the silence between
+//! chunks, and retries, with exponential backoff, what that layer passes on: stalls,
+//! connection errors, broken or unreadable streams and 429/5xx it gave up on —
+//! [`MAX_ATTEMPTS`] in all, then an error. Nothing here ever prints the key.
 
 use std::time::{Duration, Instant};
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletionResponse};
+use async_openai::types::chat::CreateChatCompletionRequest;
+use futures_util::StreamExt as _;
+
+use super::stream::{Assembler, Message};
 
 /// Attempts per request: the first and up to this many minus one retries.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -20,6 +26,9 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest one request may take (a hosted model answering a long turn).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest silence allowed before the stream opens and between its chunks (a
+/// reasoning model may think a while before its first token).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// What stands in for the key wherever text might carry it.
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -50,6 +59,8 @@ pub struct ChatClient {
     endpoint: Endpoint,
     /// Per-request time limit.
     pub timeout: Duration,
+    /// Longest silence of the stream.
+    pub stall: Duration,
     /// The wait before the first retry.
     pub first_backoff: Duration,
 }
@@ -57,8 +68,8 @@ pub struct ChatClient {
 /// One answered request.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    /// The response.
-    pub response: CreateChatCompletionResponse,
+    /// The answer, assembled from its chunks.
+    pub message: Message,
     /// Retries it took.
     pub retries: u32,
     /// Wall time, retries included.
@@ -75,6 +86,7 @@ impl ChatClient {
             client: Client::with_config(config),
             endpoint,
             timeout: REQUEST_TIMEOUT,
+            stall: STALL_TIMEOUT,
             first_backoff: FIRST_BACKOFF,
         }
     }
@@ -104,21 +116,16 @@ impl ChatClient {
                 return Err(ClientError::Deadline { last });
             }
             let limit = left.map_or(self.timeout, |l| l.min(self.timeout));
-            let chat = self.client.chat();
-            let failure = match tokio::time::timeout(limit, chat.create(request.clone())).await {
-                Ok(Ok(response)) => {
+            let failure = match tokio::time::timeout(limit, self.stream_once(request)).await {
+                Ok(Ok(message)) => {
                     return Ok(Answer {
-                        response,
+                        message,
                         retries: attempt,
                         elapsed: start.elapsed(),
                     });
                 }
-                Ok(Err(e)) => match classify(&e) {
-                    Failure::Fatal => {
-                        return Err(ClientError::Fatal(self.redact(&e.to_string())));
-                    }
-                    Failure::Transient => self.redact(&e.to_string()),
-                },
+                Ok(Err(Failure::Fatal(e))) => return Err(ClientError::Fatal(e)),
+                Ok(Err(Failure::Transient(e))) => e,
                 Err(_) => format!("no answer within {limit:?}"),
             };
             eprintln!(
@@ -136,6 +143,39 @@ impl ChatClient {
             last,
         })
     }
+
+    /// One streamed request: its chunks assembled, with at most `stall` of silence.
+    async fn stream_once(&self, request: &CreateChatCompletionRequest) -> Result<Message, Failure> {
+        let silent = || Failure::Transient(format!("the stream was silent for {:?}", self.stall));
+        let chat = self.client.chat();
+        let mut stream = tokio::time::timeout(self.stall, chat.create_stream(request.clone()))
+            .await
+            .map_err(|_| silent())?
+            .map_err(|e| self.failure(&e))?;
+        let mut assembler = Assembler::default();
+        loop {
+            match tokio::time::timeout(self.stall, stream.next()).await {
+                Err(_) => return Err(silent()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(self.failure(&e)),
+                Ok(Some(Ok(chunk))) => assembler.push(chunk),
+            }
+        }
+        let message = assembler.finish();
+        if message.chunks == 0 {
+            return Err(Failure::Transient("the stream ended with no chunks".into()));
+        }
+        Ok(message)
+    }
+
+    /// `e` classified, its text redacted.
+    fn failure(&self, e: &OpenAIError) -> Failure {
+        let text = self.redact(&e.to_string());
+        match transient(e) {
+            true => Failure::Transient(text),
+            false => Failure::Fatal(text),
+        }
+    }
 }
 
 /// `text` with every occurrence of `key` replaced by [`REDACTED`] (nothing for an empty key).
@@ -147,27 +187,24 @@ pub fn redact(text: &str, key: &str) -> String {
     }
 }
 
+/// A failed attempt, its text redacted.
 enum Failure {
-    Transient,
-    Fatal,
+    Transient(String),
+    Fatal(String),
 }
 
-/// 429, 5xx, transport errors and unreadable bodies are worth a retry; other API errors
-/// (400, 401, 404: a wrong model, key or URL) are not.
-fn classify(e: &OpenAIError) -> Failure {
+/// 429, 5xx, transport errors, broken streams and unreadable chunks are worth a retry;
+/// other API errors (400, 401, 404: a wrong model, key or URL) are not.
+fn transient(e: &OpenAIError) -> bool {
     match e {
         OpenAIError::ApiError(api) => {
             let status = api.status_code;
-            if status.as_u16() == 429 || status.is_server_error() {
-                Failure::Transient
-            } else {
-                Failure::Fatal
-            }
+            status.as_u16() == 429 || status.is_server_error()
         }
         OpenAIError::Reqwest(_)
         | OpenAIError::JSONDeserialize(..)
-        | OpenAIError::StreamError(_) => Failure::Transient,
-        _ => Failure::Fatal,
+        | OpenAIError::StreamError(_) => true,
+        _ => false,
     }
 }
 

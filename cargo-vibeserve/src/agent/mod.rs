@@ -4,7 +4,7 @@
 //! task — each a conversation with any OpenAI-compatible endpoint, under the round's
 //! budget from `[agent]`, recorded as a transcript with its usage and time.
 
-/// The transport: requests, retries with backoff, redaction of the key.
+/// The transport: streamed requests, retries with backoff, redaction of the key.
 pub mod client;
 /// Unified diffs of the candidate crate: made, parsed and applied with `diffy`.
 pub mod patch;
@@ -14,6 +14,8 @@ pub mod prompts;
 pub mod roles;
 /// Path confinement and confined, time-limited commands (Landlock where available).
 pub mod sandbox;
+/// Streamed answers assembled: content, tool-call deltas, usage.
+pub mod stream;
 /// The Implementer's tools.
 pub mod tools;
 /// Transcripts and per-role usage, written beside the state.

@@ -1,10 +1,10 @@
-//! The roles' conversations: one loop that sends the messages, counts usage against the
-//! round's budget, runs the tool calls the model makes (answering a malformed one with an
+//! The roles' conversations: one loop that sends the messages (streamed), counts usage
+//! against the round's budget, runs the tool calls the model makes (answering a malformed one with an
 //! error message) and stops on `finish`, on a plain answer, or on an exhausted budget.
 
 use std::time::Instant;
 
-use async_openai::types::chat::{ChatCompletionMessageToolCalls, CreateChatCompletionRequest};
+use async_openai::types::chat::CreateChatCompletionRequest;
 use serde_json::{Value, json};
 
 use super::client::{ChatClient, ClientError};
@@ -108,22 +108,25 @@ async fn turns(
         };
         conv.usage.calls += 1;
         conv.usage.retries += answer.retries;
-        if let Some(u) = &answer.response.usage {
-            conv.usage.prompt_tokens += u64::from(u.prompt_tokens);
-            conv.usage.completion_tokens += u64::from(u.completion_tokens);
-            budget.tokens += u64::from(u.total_tokens);
-        }
-        let Some(choice) = answer.response.choices.into_iter().next() else {
-            return End::Failed(ClientError::Fatal(
-                "the endpoint answered with no choices".into(),
-            ));
-        };
-        let message = choice.message;
-        let calls = message.tool_calls.clone().unwrap_or_default();
+        let prompt_bytes = serde_json::to_string(&conv.messages).map_or(0, |t| t.len());
+        let message = answer.message;
+        let tokens = message.tokens(prompt_bytes);
+        conv.usage.prompt_tokens += tokens.prompt;
+        conv.usage.completion_tokens += tokens.completion;
+        conv.usage.estimated += u32::from(!tokens.reported);
+        budget.tokens += tokens.prompt + tokens.completion;
+        let calls = message.tool_calls;
+        let wire: Vec<Value> = calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
         conv.messages.push(json!({
             "role": "assistant",
             "content": message.content,
-            "tool_calls": if calls.is_empty() { Value::Null } else { serde_json::to_value(&calls).unwrap_or(Value::Null) },
+            "tool_calls": if wire.is_empty() { Value::Null } else { Value::Array(wire) },
         }));
         let (Some(tools), false) = (tools, calls.is_empty()) else {
             return End::Done(message.content.unwrap_or_default());
@@ -134,17 +137,8 @@ async fn turns(
             }
             budget.tool_calls += 1;
             conv.usage.tool_calls += 1;
-            let (id, result) = match &call {
-                ChatCompletionMessageToolCalls::Function(f) => (
-                    f.id.clone(),
-                    tools.call(&f.function.name, &f.function.arguments),
-                ),
-                ChatCompletionMessageToolCalls::Custom(c) => (
-                    c.id.clone(),
-                    ToolResult::Err("custom tools are not offered; call a function tool".into()),
-                ),
-            };
-            conv.messages.push(json!({"role": "tool", "tool_call_id": id, "content": client.redact(&result.text())}));
+            let result = tools.call(&call.name, &call.arguments);
+            conv.messages.push(json!({"role": "tool", "tool_call_id": call.id, "content": client.redact(&result.text())}));
             if let ToolResult::Finished(summary) = result {
                 return End::Done(summary);
             }
@@ -160,7 +154,8 @@ fn request(
     max_answer_tokens: u32,
 ) -> Result<CreateChatCompletionRequest, String> {
     let mut body = json!({"model": model, "messages": messages,
-                          "max_completion_tokens": max_answer_tokens});
+                          "max_completion_tokens": max_answer_tokens,
+                          "stream": true, "stream_options": {"include_usage": true}});
     if with_tools {
         body["tools"] = Value::Array(specs());
     }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::patch;
 use super::sandbox::{Confinement, Workspace, run};
+use crate::build::compile::lock_for;
 use crate::generate::FileSet;
 use crate::skills::Library;
 
@@ -390,6 +391,10 @@ impl Toolbox {
                 CARGO_FLAGS.join(", ")
             ));
         }
+        // Held while cargo runs: the build directory is shared with every other build
+        // of a generated crate (the rounds' compiles, other searches).
+        let _lock = lock_for(self.workspace.root(), &self.target_dir)
+            .map_err(|e| format!("cannot take the build directory: {e}"))?;
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let tmp = self.target_dir.join("vibeserve-agent-tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot make a temp folder: {e}"))?;

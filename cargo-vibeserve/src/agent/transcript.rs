@@ -51,12 +51,16 @@ pub struct Usage {
     /// Tool calls the model made.
     #[serde(default)]
     pub tool_calls: u32,
-    /// Prompt tokens, as the endpoint counted them.
+    /// Prompt tokens, as the endpoint counted them (or estimated: see `estimated`).
     pub prompt_tokens: u64,
-    /// Completion tokens, as the endpoint counted them.
+    /// Completion tokens, as the endpoint counted them (or estimated).
     pub completion_tokens: u64,
     /// Wall-clock seconds, tools included.
     pub seconds: f64,
+    /// Answers whose tokens the endpoint did not report (streams without a usage
+    /// chunk): their tokens are estimated from the text.
+    #[serde(default)]
+    pub estimated: u32,
 }
 
 impl Usage {
@@ -73,6 +77,7 @@ impl Usage {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.seconds += other.seconds;
+        self.estimated += other.estimated;
     }
 }
 

@@ -26,18 +26,47 @@ pub fn target_dir(vibeserve_dir: &Path) -> PathBuf {
 /// into the same `release/` folder, so two builds at once (two searches, or a search and
 /// a test) could otherwise each copy out the other's binary.
 const BUILD_LOCK: &str = ".vibeserve-build.lock";
+/// The crate folder the last compile in the shared target directory built, beside the lock.
+///
+/// Cargo names a package's compiled units by its name, version and path *relative to its
+/// workspace root*, and a generated crate is its own workspace root: every copy of a
+/// target's crate (two searches, a test's copy in a temp folder) shares one fingerprint
+/// and one output in the shared target dir. Cargo judges freshness by mtime against the
+/// last build of that unit, whichever folder it came from, so a crate edited before
+/// another copy was built would be called fresh and the other copy's binary copied out.
+const LAST_BUILT: &str = ".vibeserve-last-built";
 
-/// Builds the crate in `crate_dir` and copies its server binary to `out` (through a
-/// temporary name and a rename). Returns `out`.
-pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBuf, CompileError> {
+/// The shared target directory held for one crate's build; released when dropped.
+#[derive(Debug)]
+pub struct BuildLock {
+    _file: std::fs::File,
+}
+
+/// Takes the shared target directory's build lock for `crate_dir` (waiting for any other
+/// build there) and makes cargo rebuild the crate's own units if another folder built
+/// them last. Everything that builds a generated crate in that directory holds it: the
+/// rounds' compiles and the agent's `cargo` tool.
+pub fn lock_for(crate_dir: &Path, target_dir: &Path) -> Result<BuildLock, CompileError> {
     let lock_path = target_dir.join(BUILD_LOCK);
     let lock_err = |source| CompileError::Lock {
         path: lock_path.clone(),
         source,
     };
     std::fs::create_dir_all(target_dir).map_err(lock_err)?;
-    let lock = std::fs::File::create(&lock_path).map_err(lock_err)?;
-    lock.lock().map_err(lock_err)?; // released when `lock` drops, after the copy
+    let file = std::fs::File::create(&lock_path).map_err(lock_err)?;
+    file.lock().map_err(lock_err)?;
+    let last_built = target_dir.join(LAST_BUILT);
+    claim_units(crate_dir, &last_built).map_err(|source| CompileError::Claim {
+        path: last_built,
+        source,
+    })?;
+    Ok(BuildLock { _file: file })
+}
+
+/// Builds the crate in `crate_dir` and copies its server binary to `out` (through a
+/// temporary name and a rename). Returns `out`.
+pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBuf, CompileError> {
+    let _lock = lock_for(crate_dir, target_dir)?; // held until the binary is copied out
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -73,6 +102,32 @@ pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBu
     Ok(out.to_path_buf())
 }
 
+/// Makes cargo rebuild `crate_dir`'s own units when another folder built them last (see
+/// [`LAST_BUILT`]): its files' mtimes move to now, newer than any earlier build of them.
+fn claim_units(crate_dir: &Path, last_built: &Path) -> std::io::Result<()> {
+    let me = std::fs::canonicalize(crate_dir)?;
+    let last = std::fs::read(last_built).unwrap_or_default();
+    if last == me.as_os_str().as_encoded_bytes() {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now();
+    let mut stack = vec![me.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                std::fs::File::options()
+                    .append(true)
+                    .open(&path)?
+                    .set_modified(now)?;
+            }
+        }
+    }
+    std::fs::write(last_built, me.as_os_str().as_encoded_bytes())
+}
+
 /// Why a candidate did not compile.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum CompileError {
@@ -98,6 +153,14 @@ pub enum CompileError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The crate's files could not be marked as newer than another copy's build.
+    #[error("cannot mark the crate as the last one built in {}: {source}", path.display())]
+    Claim {
+        /// The record of the last crate built.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The binary could not be copied out.
     #[error("cannot copy the server binary to {}: {source}", path.display())]
     Copy {
@@ -106,4 +169,54 @@ pub enum CompileError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_crate(dir: &Path, says: &str) {
+        std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+        let manifest = format!(
+            "[package]\nname = \"same-name\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+             [[bin]]\nname = \"{SERVER_BIN}\"\npath = \"src/main.rs\"\n[workspace]\n"
+        );
+        std::fs::write(dir.join("Cargo.toml"), manifest).expect("write");
+        let main = format!("fn main() {{ println!(\"{says}\"); }}\n");
+        std::fs::write(dir.join("src/main.rs"), main).expect("write");
+    }
+
+    fn says(bin: &Path) -> String {
+        let out = Command::new(bin).output().expect("the binary runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn a_copy_edited_before_another_copy_was_built_is_rebuilt() {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let (a, b, target) = (
+            tmp.path().join("a"),
+            tmp.path().join("b"),
+            tmp.path().join("t"),
+        );
+        write_crate(&a, "a");
+        write_crate(&b, "b");
+        let out = tmp.path().join("out");
+        assert_eq!(says(&compile(&a, &target, &out).expect("builds")), "a");
+        assert_eq!(says(&compile(&b, &target, &out).expect("builds")), "b");
+        // Edit a, then let b build again after the edit: plain cargo would now call a
+        // fresh (its sources are older than the unit's last build, b's) and copy out b.
+        write_crate(&a, "a, edited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::File::options()
+            .append(true)
+            .open(b.join("src/main.rs"))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .expect("touch");
+        assert_eq!(says(&compile(&b, &target, &out).expect("builds")), "b");
+        assert_eq!(
+            says(&compile(&a, &target, &out).expect("builds")),
+            "a, edited"
+        );
+    }
 }
