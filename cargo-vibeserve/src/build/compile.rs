@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The generated crate's binary name.
+/// The name a built server is copied out under (`rounds/N/server`, `best/server`). In the
+/// shared target directory each target's binary has its package's name, so that no
+/// generated crate overwrites the workspace template's own `release/server`.
 pub const SERVER_BIN: &str = "server";
 /// Lines of a failed build's output kept in the error.
 const LOG_TAIL_LINES: usize = 30;
@@ -22,7 +24,7 @@ pub fn target_dir(vibeserve_dir: &Path) -> PathBuf {
 }
 
 /// The lock file every compile holds in the shared target directory, from `cargo build`
-/// until its binary is copied out: every generated crate builds a binary named `server`
+/// until its binary is copied out: every copy of a target's crate builds the same binary
 /// into the same `release/` folder, so two builds at once (two searches, or a search and
 /// a test) could otherwise each copy out the other's binary.
 const BUILD_LOCK: &str = ".vibeserve-build.lock";
@@ -74,6 +76,8 @@ pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBu
             "--release",
             "--offline",
             "--quiet",
+            // Artifacts as JSON on stdout (the binary's path), diagnostics as text on stderr.
+            "--message-format=json-render-diagnostics",
             "--manifest-path",
         ])
         .arg(crate_dir.join("Cargo.toml"))
@@ -89,7 +93,9 @@ pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBu
             log_tail: lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n"),
         });
     }
-    let built = target_dir.join("release").join(SERVER_BIN);
+    let built = built_binary(&output.stdout).ok_or_else(|| CompileError::NoBinary {
+        crate_dir: crate_dir.to_path_buf(),
+    })?;
     let io = |source| CompileError::Copy {
         path: out.to_path_buf(),
         source,
@@ -100,6 +106,17 @@ pub fn compile(crate_dir: &Path, target_dir: &Path, out: &Path) -> Result<PathBu
     std::fs::copy(&built, &tmp).map_err(io)?;
     std::fs::rename(&tmp, out).map_err(io)?;
     Ok(out.to_path_buf())
+}
+
+/// The executable cargo reported building (the crate has one binary target).
+fn built_binary(cargo_stdout: &[u8]) -> Option<PathBuf> {
+    cargo_metadata::Message::parse_stream(cargo_stdout)
+        .filter_map(Result::ok)
+        .find_map(|message| match message {
+            cargo_metadata::Message::CompilerArtifact(artifact) => artifact.executable,
+            _ => None,
+        })
+        .map(PathBuf::from)
 }
 
 /// Makes cargo rebuild `crate_dir`'s own units when another folder built them last (see
@@ -160,6 +177,12 @@ pub enum CompileError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// cargo built no executable.
+    #[error("cargo reported no binary built from {}", crate_dir.display())]
+    NoBinary {
+        /// The crate.
+        crate_dir: PathBuf,
     },
     /// The binary could not be copied out.
     #[error("cannot copy the server binary to {}: {source}", path.display())]

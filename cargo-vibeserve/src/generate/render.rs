@@ -176,8 +176,9 @@ fn cargo_toml(plan: &Plan, parts: &BTreeMap<&str, &Part>) -> Result<String, Gene
          (plan {}).\n# Edit the template or the plan, not this file.\n\n\
          [package]\nname = \"{}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
          [lib]\nname = \"vibeserve_server\"\npath = \"src/lib.rs\"\n\n\
-         [[bin]]\nname = \"server\"\npath = \"src/main.rs\"\n",
+         [[bin]]\nname = \"{}\"\npath = \"src/main.rs\"\n",
         plan.digest(),
+        package_name(&plan.target),
         package_name(&plan.target),
     );
     for (table, deps) in [
