@@ -6,7 +6,6 @@ use super::error::ProblemKind;
 use super::schema::{RawHardware, RawModel, RawSource};
 use super::types::{Device, Hardware, Isa, Model, ModelFormat, ModelSource, defaults};
 use super::validate::Ctx;
-use crate::model::HfConfig;
 use crate::plan::shard::check_split;
 
 /// The three forms of `model.source`, for help lines.
@@ -332,19 +331,10 @@ pub(crate) fn tensor_parallel(
     else {
         return;
     };
-    let Ok(c) = HfConfig::read(config) else {
+    let Some([heads, kv_heads, ffn, vocab]) = config_dims(config) else {
         return;
     };
-    let n = |v: u64| v as usize;
-    let split = |world| {
-        check_split(
-            world,
-            n(c.num_attention_heads),
-            n(c.kv_heads()),
-            n(c.intermediate_size),
-            n(c.vocab_size),
-        )
-    };
+    let split = |world| check_split(world, heads, kv_heads, ffn, vocab);
     let world = *gpus.get_ref() as usize;
     let Err(why) = split(world) else {
         return;
@@ -362,16 +352,27 @@ pub(crate) fn tensor_parallel(
         )
         .with_label(
             config_span,
-            format!(
-                "{} heads, {} KV heads, FFN {}",
-                c.num_attention_heads,
-                c.kv_heads(),
-                c.intermediate_size
-            ),
+            format!("{heads} heads, {kv_heads} KV heads, FFN {ffn}"),
         )
         .with_help(format!(
             "set `gpus` to a count the model splits across: {}",
             fits.join(", ")
         ));
     cx.report(p);
+}
+
+/// A config.json's query heads, KV heads (default: the query heads), FFN width and
+/// vocabulary; `None` when unreadable or incomplete (the model stage reports that).
+fn config_dims(path: &std::path::Path) -> Option<[usize; 4]> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let get = |key: &str| json.get(key)?.as_u64().map(|v| v as usize);
+    let heads = get("num_attention_heads")?;
+    let kv_heads = get("num_key_value_heads").unwrap_or(heads);
+    Some([
+        heads,
+        kv_heads,
+        get("intermediate_size")?,
+        get("vocab_size")?,
+    ])
 }

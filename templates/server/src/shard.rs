@@ -74,21 +74,21 @@ pub fn check_split(
     if world == 0 {
         return Err(ShardError::NoRanks);
     }
-    if n_heads % world != 0 {
+    if !n_heads.is_multiple_of(world) {
         return Err(ShardError::Heads { n_heads, world });
     }
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(ShardError::Groups {
             n_heads,
             n_kv_heads,
         });
     }
-    let kv_split = n_kv_heads % world == 0;
-    let kv_replicated = n_kv_heads < world && world % n_kv_heads == 0;
+    let kv_split = n_kv_heads.is_multiple_of(world);
+    let kv_replicated = n_kv_heads < world && world.is_multiple_of(n_kv_heads);
     if !kv_split && !kv_replicated {
         return Err(ShardError::KvHeads { n_kv_heads, world });
     }
-    if d_ff % world != 0 {
+    if !d_ff.is_multiple_of(world) {
         return Err(ShardError::Ffn { d_ff, world });
     }
     if (world - 1) * vocab.div_ceil(world) >= vocab {
