@@ -23,3 +23,10 @@ pub const CUDA_ELEMWISE_THREADS: usize = 256;
 pub const CUDA_SAMPLE_THREADS: usize = 1024;
 /// cuBLAS workspace, set once so that graph capture never allocates.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
+/// GPUs the model is split over (tensor parallelism; 1: one GPU).
+pub const TENSOR_PARALLEL: usize = 1;
+/// The all-reduce after the row-parallel products: `"nccl"` (NCCL's) or `"one-shot"`
+/// (a custom one over peer memory for the small messages of batch-1 decode).
+pub const ALL_REDUCE: &str = "nccl";
+/// Overlap the all-reduce of one product with the next product's GEMM.
+pub const OVERLAP_COMM: bool = false;
