@@ -26,6 +26,8 @@ pub mod plan_cuda;
 pub mod sampler;
 /// Continuous batching policy: admission, KV budget, prefill chunks.
 pub mod scheduler;
+/// Tensor parallelism: the slices of heads, FFN and vocabulary each rank holds.
+pub mod shard;
 /// Text ⇄ token ids, built from the GGUF's tokenizer metadata.
 pub mod tokenizer;
 pub mod weights;
