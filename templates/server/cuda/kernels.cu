@@ -387,3 +387,60 @@ extern "C" int vs_sample(vs_stream stream, const float *logits, int n_rows, int 
                                                           out, out_score);
   return launched();
 }
+
+// ---------------------------------------------------------------- one-shot all-reduce
+
+// Two ranks sum a small buffer over peer memory in one kernel (no NCCL launch and
+// protocol overhead: batch-1 decode's all-reduces are 16 KB). Block b copies its share
+// of `data` into this rank's exchange slot of the call's parity, fences, signals the
+// peer's block b through the peer's flags, waits for the peer's signal, then adds the
+// peer's slot (read over NVLink, bypassing L1) to its own values. Two slots: a rank can
+// run at most one call ahead of its peer, and never writes the slot the peer may read.
+// a + b == b + a in floating point, so both ranks get the same sum.
+static __device__ __forceinline__ unsigned long long global_ns(void) {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__global__ void allreduce2_kernel(float4 *data, int n4, float4 *exchange, const float4 *peer_exchange,
+                                  int cap4, volatile int *my_flags, volatile int *peer_flags,
+                                  int *epochs, int *error, long long timeout_ns) {
+  __shared__ int epoch;
+  if (threadIdx.x == 0) epoch = epochs[blockIdx.x] + 1;
+  __syncthreads();
+  const int e = epoch, slot = (e & 1) * cap4;
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) exchange[slot + i] = data[i];
+  __threadfence_system();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    epochs[blockIdx.x] = e;
+    peer_flags[blockIdx.x] = e;
+    unsigned long long start = global_ns();
+    while (my_flags[blockIdx.x] < e) {
+      if ((long long)(global_ns() - start) > timeout_ns) {
+        atomicExch(error, 1);
+        break;
+      }
+    }
+    __threadfence_system();
+  }
+  __syncthreads();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
+    float4 a = data[i], b = __ldcg(&peer_exchange[slot + i]);
+    data[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  }
+}
+
+extern "C" int vs_allreduce2(vs_stream stream, float *data, int n, float *exchange,
+                             const float *peer_exchange, int cap, int *my_flags, int *peer_flags,
+                             int *epochs, int *error, long long timeout_ns, int blocks,
+                             int threads) {
+  if (n == 0) return 0;
+  if (n % 4 != 0 || n > cap) return (int)cudaErrorInvalidValue;
+  allreduce2_kernel<<<blocks, threads, 0, as_stream(stream)>>>(
+      (float4 *)data, n / 4, (float4 *)exchange, (const float4 *)peer_exchange, cap / 4, my_flags,
+      peer_flags, epochs, error, timeout_ns);
+  return launched();
+}

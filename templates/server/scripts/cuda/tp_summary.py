@@ -50,8 +50,9 @@ def ratio(a, b):
 
 def main():
     res, tp = sys.argv[1], sys.argv[2]
-    device = open(os.path.join(res, "device.txt")).read().strip() if os.path.exists(os.path.join(res, "device.txt")) else None
-    ours = {f"tp{t}": load(os.path.join(res, f"bench_tp{t}.json")) for t in ("1", tp)}
+    read = lambda name: open(os.path.join(res, name)).read().strip() if os.path.exists(os.path.join(res, name)) else None
+    names = sorted(f[len("bench_"):-len(".json")] for f in os.listdir(res) if f.startswith("bench_") and f.endswith(".json"))
+    ours = {name: load(os.path.join(res, f"bench_{name}.json")) for name in names}
     speed = {name: decode_by_batch(b) for name, b in ours.items()}
     peers = {}
     for sm in ("layer", "row"):
@@ -64,32 +65,39 @@ def main():
     table = {}
     for b in batches:
         row = {k: v.get(b) for k, v in {**speed, **peers}.items()}
-        top = speed.get(f"tp{tp}", {}).get(b)
-        row[f"tp{tp}_vs_tp1"] = ratio(top, speed["tp1"].get(b))
-        for sm in ("layer", "row"):
-            row[f"tp{tp}_vs_llamacpp_sm_{sm}"] = ratio(top, peers[f"llamacpp_sm_{sm}"].get(b))
+        for name in names:
+            if name == "tp1":
+                continue
+            top = speed[name].get(b)
+            row[f"{name}_vs_tp1"] = ratio(top, speed.get("tp1", {}).get(b))
+            for sm in ("layer", "row"):
+                row[f"{name}_vs_llamacpp_sm_{sm}"] = ratio(top, peers[f"llamacpp_sm_{sm}"].get(b))
         table[b] = row
+    fault = [json.loads(line) for line in (read("fault.jsonl") or "").splitlines() if line.strip()]
     summary = {
-        "device": device,
-        "p2p": open(os.path.join(res, "p2p.txt")).read().strip() if os.path.exists(os.path.join(res, "p2p.txt")) else None,
+        "device": read("device.txt"),
+        "p2p": read("p2p.txt"),
         "tensor_parallel": int(tp),
         "agreement": load(os.path.join(res, "agreement.json")),
+        "dead_rank": fault,
         "decode_tok_s_by_batch": table,
         "ours": ours,
     }
     print(json.dumps(summary, indent=1))
+    out = sys.stderr
     cols = list(next(iter(table.values())).keys()) if table else []
+
     def fmt(col, v):
         return "-" if v is None else (f"{v:.2f}x" if "_vs_" in col else f"{v:.0f}")
 
-    print("\ndecode tok/s (all sequences) by batch; ratios are ours at TP=%s over the column" % tp, file=sys.stderr)
-    print("batch | " + " | ".join(cols), file=sys.stderr)
+    print("\ndecode tok/s (all sequences) by batch; X_vs_Y = X's tok/s over Y's", file=out)
     for b, row in table.items():
-        print(f"{b} | " + " | ".join(fmt(c, row[c]) for c in cols), file=sys.stderr)
-    agree = summary["agreement"] or {}
-    for k, v in agree.items():
+        print(f"batch {b}: " + ", ".join(f"{c} {fmt(c, row[c])}" for c in cols), file=out)
+    for k, v in (summary["agreement"] or {}).items():
         if isinstance(v, dict):
-            print(f"{k}: rel err {v['logits_rel_err']:.4f}, top-1 {100 * v['top1_agreement']:.1f}%", file=sys.stderr)
+            print(f"{k}: rel err {v['logits_rel_err']:.4f}, top-1 {100 * v['top1_agreement']:.1f}%", file=out)
+    for f in fault:
+        print(f"dead rank ({f['all_reduce']}): exit {f['exit_code']} after {f['seconds']} s, hung: {f['hung']}: {f['message'].strip().splitlines()[-1] if f['message'].strip() else ''}", file=out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::device::{DevBuf, Gpu};
-use super::{CudaError, CudaLlama, ModelGroup, StepInput};
+use super::{AllReduce, CudaError, CudaLlama, ModelGroup, StepInput};
 use crate::{plan, plan_cuda};
 
 /// Arguments of `server cuda-logits`.
@@ -28,6 +28,13 @@ pub struct LogitsArgs {
     /// GPUs to split the model over (default: the plan's).
     #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
     pub tensor_parallel: usize,
+    /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
+    #[arg(long, default_value = plan_cuda::ALL_REDUCE)]
+    pub all_reduce: AllReduce,
+    /// Tokens per step (1: one token at a time, through the decode graphs and the
+    /// small all-reduces of decode).
+    #[arg(long, default_value_t = plan::PREFILL_CHUNK)]
+    pub chunk: usize,
 }
 
 /// Arguments of `server cuda-bench`.
@@ -48,6 +55,9 @@ pub struct BenchArgs {
     /// GPUs to split the model over (default: the plan's).
     #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
     pub tensor_parallel: usize,
+    /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
+    #[arg(long, default_value = plan_cuda::ALL_REDUCE)]
+    pub all_reduce: AllReduce,
 }
 
 /// Positions of one sequence as device KV blocks, starting at device block `first`.
@@ -57,17 +67,19 @@ fn table(first: usize, tokens: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Runs the prompt of one sequence in chunks of `PREFILL_CHUNK`, with logits for every
+/// Runs the prompt of one sequence in chunks of `chunk` tokens, with logits for every
 /// token when `all_logits` (returned), else for none.
 fn prefill(
     model: &mut ModelGroup,
     tokens: &[i32],
     table: &[i32],
     all_logits: bool,
+    chunk: usize,
 ) -> Result<Vec<f32>, CudaError> {
     let mut logits = Vec::new();
-    for (c, chunk) in tokens.chunks(plan::PREFILL_CHUNK).enumerate() {
-        let start = c * plan::PREFILL_CHUNK;
+    let step = chunk.max(1);
+    for (c, chunk) in tokens.chunks(step).enumerate() {
+        let start = c * step;
         let n = chunk.len();
         let rows: Vec<i32> = if all_logits {
             (0..n as i32).collect()
@@ -104,8 +116,9 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CudaError> {
                 .map_err(|_| CudaError::Model(format!("bad token id {s:?}")))
         })
         .collect::<Result<_, _>>()?;
-    let (mut model, _) = ModelGroup::load(&args.model, args.tensor_parallel)?;
-    let logits = prefill(&mut model, &tokens, &table(0, tokens.len()), true)?;
+    let (mut model, _) = ModelGroup::load(&args.model, args.tensor_parallel, args.all_reduce)?;
+    let table = table(0, tokens.len());
+    let logits = prefill(&mut model, &tokens, &table, true, args.chunk)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&args.out, bytes)
         .map_err(|e| CudaError::Model(format!("{}: {e}", args.out.display())))?;
@@ -175,7 +188,7 @@ fn run_batch(
         let tokens: Vec<i32> = (0..prompt as u64)
             .map(|i| ((i * 7919 + s as u64 * 104_729 + 17) % vocab) as i32)
             .collect();
-        prefill(model, &tokens, tab, false)?;
+        prefill(model, &tokens, tab, false, plan::PREFILL_CHUNK)?;
     }
     let prefill_s = t.elapsed().as_secs_f64();
     let mut last: Vec<i32> = vec![1; batch];
@@ -205,7 +218,7 @@ fn run_batch(
 /// `server cuda-bench`.
 pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     let bandwidth = copy_bandwidth()?;
-    let (mut model, info) = ModelGroup::load(&args.model, args.tensor_parallel)?;
+    let (mut model, info) = ModelGroup::load(&args.model, args.tensor_parallel, args.all_reduce)?;
     // Warm-up: captures the graphs and loads the cuBLAS kernels outside the timings.
     for &b in &args.batch {
         run_batch(&mut model, b, args.prompt.min(16), 4)?;
@@ -221,6 +234,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     let report = serde_json::json!({
         "device": info.device,
         "tensor_parallel": args.tensor_parallel,
+        "all_reduce": format!("{:?}", args.all_reduce),
         "weight_bytes": info.rank_weight_bytes.iter().sum::<usize>(),
         "rank_weight_bytes": info.rank_weight_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,

@@ -193,6 +193,30 @@ impl Comm {
         self.settle(rc, "ncclAllReduce")
     }
 
+    /// Gathers `count` u64 from every rank at `send` into `recv` (`world · count`, in
+    /// rank order) on `stream`.
+    pub fn all_gather_u64(
+        &mut self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        stream: &CudaStream,
+    ) -> Result<(), CudaError> {
+        self.healthy()?;
+        // SAFETY: `send` holds `count` and `recv` `world · count` u64 on this device.
+        let rc = unsafe {
+            nccl::ncclAllGather(
+                send as *const c_void,
+                recv as *mut c_void,
+                count,
+                nccl::ncclDataType_t::ncclUint64,
+                self.raw,
+                stream.cu_stream() as nccl::cudaStream_t,
+            )
+        };
+        self.settle(rc, "ncclAllGather")
+    }
+
     /// Waits for everything queued on `stream` by `deadline`, watching the communicator:
     /// an NCCL error or the deadline aborts it (no later call can hang on a dead peer).
     pub fn wait(&mut self, stream: &CudaStream, deadline: Instant) -> Result<(), CudaError> {

@@ -16,7 +16,7 @@ use cudarc::driver::CudaContext;
 
 use super::comm::{self, Comm};
 use super::config::HfConfig;
-use super::{CudaError, CudaLlama, Rank, StepInput};
+use super::{AllReduce, CudaError, CudaLlama, Rank, StepInput};
 use crate::shard::{Shard, check_split};
 
 /// How long the leader waits for a rank's answer beyond the communicator's own deadline
@@ -72,8 +72,13 @@ pub struct GroupInfo {
 
 impl ModelGroup {
     /// Loads the model folder `dir` over devices `0..tensor_parallel` (1: one GPU in this
-    /// thread). The split is checked against the model's shape first.
-    pub fn load(dir: &Path, tensor_parallel: usize) -> Result<(Self, GroupInfo), CudaError> {
+    /// thread), summing partial products with `all_reduce`. The split is checked against
+    /// the model's shape first.
+    pub fn load(
+        dir: &Path,
+        tensor_parallel: usize,
+        all_reduce: AllReduce,
+    ) -> Result<(Self, GroupInfo), CudaError> {
         let config = HfConfig::load(dir)?;
         let c = &config;
         check_split(
@@ -97,7 +102,10 @@ impl ModelGroup {
         }
         let id = comm::unique_id()?;
         let workers: Vec<Worker> = (0..tensor_parallel)
-            .map(|r| spawn(dir.to_path_buf(), Shard::new(r, tensor_parallel), id))
+            .map(|r| {
+                let shard = Shard::new(r, tensor_parallel);
+                spawn(dir.to_path_buf(), shard, all_reduce, id)
+            })
             .collect::<Result<_, _>>()?;
         let mut ranks = Ranks {
             workers,
@@ -245,6 +253,7 @@ impl Ranks {
 fn spawn(
     dir: PathBuf,
     shard: Shard,
+    all_reduce: AllReduce,
     id: cudarc::nccl::sys::ncclUniqueId,
 ) -> Result<Worker, CudaError> {
     let (jobs, job_rx) = mpsc::channel::<Job>();
@@ -252,7 +261,7 @@ fn spawn(
     std::thread::Builder::new()
         .name(format!("tp-rank-{}", shard.rank))
         .spawn(move || {
-            let model = load_rank(&dir, shard, id);
+            let model = load_rank(&dir, shard, all_reduce, id);
             let model = match model {
                 Ok(m) => {
                     let loaded = Reply::Loaded {
@@ -277,6 +286,7 @@ fn spawn(
 fn load_rank(
     dir: &Path,
     shard: Shard,
+    all_reduce: AllReduce,
     id: cudarc::nccl::sys::ncclUniqueId,
 ) -> Result<CudaLlama, CudaError> {
     let ctx = CudaContext::new(shard.rank).map_err(|e| CudaError::NoDevice(e.to_string()))?;
@@ -286,15 +296,30 @@ fn load_rank(
         ordinal: shard.rank,
         shard,
         comm: Some(comm),
+        all_reduce,
     };
     CudaLlama::load(dir, rank)
 }
 
+/// Fault injection for the GPU check (`VIBESERVE_TP_FAULT=RANK:STEPS`): the step at
+/// which rank RANK's thread stops as if its process had died, so that the check can see
+/// the others give an error, not hang.
+fn fault_step(rank: usize) -> Option<usize> {
+    let spec = std::env::var("VIBESERVE_TP_FAULT").ok()?;
+    let (r, steps) = spec.split_once(':')?;
+    (r.parse::<usize>().ok()? == rank).then(|| steps.parse().ok())?
+}
+
 /// A rank's loop: one job at a time until the leader hangs up.
 fn serve_rank(mut model: CudaLlama, jobs: &Receiver<Job>, replies: &Sender<Result<Reply, String>>) {
+    let (fault, mut steps) = (fault_step(model.rank()), 0);
     while let Ok(job) = jobs.recv() {
         let reply = match job {
-            Job::Step(input) => model.step(&input).map(|()| Reply::Done),
+            Job::Step(_) if fault == Some(steps) => return,
+            Job::Step(input) => {
+                steps += 1;
+                model.step(&input).map(|()| Reply::Done)
+            }
             Job::Sampled(n) => model
                 .sampled_scored(n)
                 .map(|(ids, scores)| Reply::Sampled(ids, scores)),

@@ -10,11 +10,13 @@ pub mod device;
 mod ffi;
 pub mod group;
 pub mod model;
+pub mod oneshot;
 pub mod serve;
 pub mod weights;
 
 pub use group::ModelGroup;
 pub use model::{CudaLlama, Rank, StepInput};
+pub use oneshot::AllReduce;
 
 /// What can go wrong on the GPU.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use super::comm::Comm;
 use super::config::HfConfig;
 use super::device::{DevBuf, Gpu, check};
 use super::ffi;
+use super::oneshot::{AllReduce, PeerSum};
 use super::weights::Weights;
 use crate::shard::Shard;
 use crate::{plan, plan_cuda};
@@ -117,6 +118,8 @@ pub struct Rank {
     pub shard: Shard,
     /// Its communicator (none for a model on one GPU).
     pub comm: Option<Comm>,
+    /// How the ranks' partial sums are added.
+    pub all_reduce: AllReduce,
 }
 
 impl Rank {
@@ -126,6 +129,7 @@ impl Rank {
             ordinal: 0,
             shard: Shard::new(0, 1),
             comm: None,
+            all_reduce: AllReduce::Nccl,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct CudaLlama {
     shard: Shard,
     /// Borrowed mutably while a step is enqueued (`enqueue` takes `&self`).
     comm: Option<RefCell<Comm>>,
+    /// The one-shot all-reduce, when chosen (small sums; NCCL does the rest).
+    peer_sum: Option<PeerSum>,
     weights: Weights,
     buf: Buffers,
     layout: Layout,
@@ -213,13 +219,14 @@ impl CudaLlama {
         };
         gpu.sync()?;
         let staging = vec![0; layout.total];
-        let model = Self {
+        let mut model = Self {
             gpu,
             config,
             local,
             vocab_start,
             shard: rank.shard,
             comm: rank.comm.map(RefCell::new),
+            peer_sum: None,
             weights,
             buf,
             layout,
@@ -232,6 +239,9 @@ impl CudaLlama {
         // A first collective outside any graph capture sets up NCCL's connections.
         model.all_reduce(model.buf.scores.ptr, max_tokens)?;
         model.finish()?;
+        if let (Some(comm), AllReduce::OneShot) = (&model.comm, rank.all_reduce) {
+            model.peer_sum = Some(PeerSum::new(&model.gpu, &mut comm.borrow_mut())?);
+        }
         Ok(model)
     }
 
@@ -299,7 +309,11 @@ impl CudaLlama {
             Some(comm) => {
                 let mut comm = comm.borrow_mut();
                 let deadline = comm.deadline();
-                comm.wait(&self.gpu.stream, deadline)
+                comm.wait(&self.gpu.stream, deadline)?;
+                match &self.peer_sum {
+                    Some(p) => p.check_peer(&self.gpu),
+                    None => Ok(()),
+                }
             }
             None => self.gpu.sync(),
         }
@@ -336,6 +350,9 @@ impl CudaLlama {
 
     /// Sums `count` f32 at `buf` over the ranks (nothing on one GPU).
     fn all_reduce(&self, buf: u64, count: usize) -> Result<(), CudaError> {
+        if let Some(p) = self.peer_sum.as_ref().filter(|p| p.fits(count)) {
+            return p.sum(&self.gpu, buf, count);
+        }
         match &self.comm {
             Some(comm) => comm
                 .borrow_mut()

@@ -47,6 +47,7 @@ pub fn load(dir: &Path) -> Result<(Tokenizer, ChatTemplate, Box<dyn Backend>), S
             .unwrap_or_default()
     };
     let chat_template = ChatTemplate::new(&source, text(bos), text(eos))?;
-    let (model, _) = ModelGroup::load(dir, plan_cuda::TENSOR_PARALLEL)?;
+    let all_reduce = plan_cuda::ALL_REDUCE.parse().map_err(CudaError::Model)?;
+    let (model, _) = ModelGroup::load(dir, plan_cuda::TENSOR_PARALLEL, all_reduce)?;
     Ok((tokenizer, chat_template, Box::new(model)))
 }
