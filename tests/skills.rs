@@ -53,7 +53,9 @@ pub fn round0_cuda() -> Plan {
         threads: 1,
         kernel_variant: KernelVariant::Auto,
     };
-    Plan::round0("smollm2-h100", smollm2(), device).for_cuda("sm_90a")
+    Plan::round0("smollm2-h100", smollm2(), device)
+        .for_cuda("sm_90a", 1)
+        .expect("SmolLM2 fits one GPU")
 }
 
 /// The facts of a 2-thread AVX2 CPU target with a closed loop of `concurrency` clients.
@@ -66,6 +68,7 @@ pub fn cpu_facts(concurrency: u32) -> Facts {
         arrival: "concurrency".into(),
         concurrency: Some(concurrency),
         threads: Some(2),
+        gpus: None,
     }
 }
 

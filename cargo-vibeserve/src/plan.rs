@@ -8,6 +8,10 @@
 //! values happens here, never in the templates.
 
 mod cuda;
+/// The tensor-parallel split rule, shared with the generated server: the template's own
+/// `shard.rs`, so the tool and the server cannot disagree on which splits are valid.
+#[path = "../../templates/server/src/shard.rs"]
+pub mod shard;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -19,7 +23,7 @@ use crate::manifest::{Hardware, Isa};
 use crate::model::GgufMetadata;
 
 pub use cuda::{
-    CUDA_PART, CudaPlan, DEFAULT_CUDA_KV_MEMORY_MIB, DEFAULT_CUDA_SERVING, DUMMY_PART,
+    AllReduce, CUDA_PART, CudaPlan, DEFAULT_CUDA_KV_MEMORY_MIB, DEFAULT_CUDA_SERVING, DUMMY_PART,
     PLAN_CUDA_RS, RopeScalingPlan, default_cuda,
 };
 
@@ -538,6 +542,17 @@ pub enum PlanError {
     )]
     #[diagnostic(help("use a Llama 3 config.json, or one without `rope_scaling`"))]
     UnsupportedRopeScaling(String),
+    /// The model cannot be split across the plan's tensor-parallel ranks.
+    #[error("the model cannot be split across {degree} GPUs: {source}")]
+    #[diagnostic(help(
+        "choose a tensor-parallel degree that divides the heads and the FFN width (KV heads split or replicated)"
+    ))]
+    TensorParallel {
+        /// `cuda.tensor_parallel`.
+        degree: usize,
+        /// Which dimension does not split.
+        source: shard::ShardError,
+    },
     /// `Plan.toml` was written by an incompatible version of the tool.
     #[error(
         "Plan.toml has schema version {found}; this cargo-vibeserve reads version {PLAN_VERSION}"

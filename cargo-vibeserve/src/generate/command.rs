@@ -32,8 +32,8 @@ pub fn round0_plan(prepared: &Prepared) -> Result<Plan, PlanError> {
     };
     let device = DevicePlan::from_hardware(&manifest.hardware);
     let mut plan = Plan::round0(&manifest.target.name, model, device);
-    if let Hardware::Cuda { arch, .. } = &manifest.hardware {
-        plan = plan.for_cuda(arch);
+    if let Hardware::Cuda { arch, gpus } = &manifest.hardware {
+        plan = plan.for_cuda(arch, *gpus as usize)?;
     }
     if let ModelSource::Dummy { .. } = manifest.model.source {
         // The server's machine makes the weights with the crate's `materialize` binary.

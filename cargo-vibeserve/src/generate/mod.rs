@@ -26,6 +26,8 @@ const MARKER: &str = "Plan.toml";
 
 /// Renders the crate for `plan`, lockfile included.
 pub fn generate(plan: &Plan) -> Result<FileSet, GenerateError> {
+    // A move may have changed the tensor-parallel degree to one the model cannot take.
+    plan.check_tensor_parallel()?;
     let template = Template::embedded()?;
     let mut files = render(plan, &template)?;
     lock::pin(&mut files, &plan.target)?;
@@ -207,6 +209,10 @@ fn io(path: &Path, source: std::io::Error) -> GenerateError {
 /// What went wrong generating a crate.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum GenerateError {
+    /// The plan is not one the server can be built for.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] crate::plan::PlanError),
     /// The embedded template is inconsistent.
     #[error("the server template is broken: {0}")]
     #[diagnostic(help("this is a bug in cargo-vibeserve; please report it"))]

