@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::device::{DevBuf, Gpu};
+use super::oneshot::parse_all_reduce;
 use super::{AllReduce, CudaError, CudaLlama, ModelGroup, StepInput};
 use crate::{plan, plan_cuda};
 
@@ -29,8 +30,8 @@ pub struct LogitsArgs {
     #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
     pub tensor_parallel: usize,
     /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
-    #[arg(long, default_value = plan_cuda::ALL_REDUCE)]
-    pub all_reduce: AllReduce,
+    #[arg(long, value_parser = parse_all_reduce)]
+    pub all_reduce: Option<AllReduce>,
     /// Tokens per step (1: one token at a time, through the decode graphs and the
     /// small all-reduces of decode).
     #[arg(long, default_value_t = plan::PREFILL_CHUNK)]
@@ -56,8 +57,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
     pub tensor_parallel: usize,
     /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
-    #[arg(long, default_value = plan_cuda::ALL_REDUCE)]
-    pub all_reduce: AllReduce,
+    #[arg(long, value_parser = parse_all_reduce)]
+    pub all_reduce: Option<AllReduce>,
+}
+
+/// The all-reduce asked for, else the plan's.
+fn all_reduce(asked: Option<AllReduce>) -> AllReduce {
+    asked.unwrap_or(plan_cuda::ALL_REDUCE)
 }
 
 /// Positions of one sequence as device KV blocks, starting at device block `first`.
@@ -116,7 +122,11 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CudaError> {
                 .map_err(|_| CudaError::Model(format!("bad token id {s:?}")))
         })
         .collect::<Result<_, _>>()?;
-    let (mut model, _) = ModelGroup::load(&args.model, args.tensor_parallel, args.all_reduce)?;
+    let (mut model, _) = ModelGroup::load(
+        &args.model,
+        args.tensor_parallel,
+        all_reduce(args.all_reduce),
+    )?;
     let table = table(0, tokens.len());
     let logits = prefill(&mut model, &tokens, &table, true, args.chunk)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -218,7 +228,11 @@ fn run_batch(
 /// `server cuda-bench`.
 pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     let bandwidth = copy_bandwidth()?;
-    let (mut model, info) = ModelGroup::load(&args.model, args.tensor_parallel, args.all_reduce)?;
+    let (mut model, info) = ModelGroup::load(
+        &args.model,
+        args.tensor_parallel,
+        all_reduce(args.all_reduce),
+    )?;
     // Warm-up: captures the graphs and loads the cuBLAS kernels outside the timings.
     for &b in &args.batch {
         run_batch(&mut model, b, args.prompt.min(16), 4)?;
@@ -234,7 +248,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     let report = serde_json::json!({
         "device": info.device,
         "tensor_parallel": args.tensor_parallel,
-        "all_reduce": format!("{:?}", args.all_reduce),
+        "all_reduce": format!("{:?}", all_reduce(args.all_reduce)),
         "weight_bytes": info.rank_weight_bytes.iter().sum::<usize>(),
         "rank_weight_bytes": info.rank_weight_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,

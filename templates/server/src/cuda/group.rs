@@ -23,12 +23,16 @@ use crate::shard::{Shard, check_split};
 /// (which fires first when a peer is gone); loading the weights may take minutes.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long dropping the group waits for the ranks to abort and free their GPUs.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the leader asks a rank to do.
 enum Job {
     Step(Arc<StepInput>),
     Sampled(usize),
     Logits(usize),
+    /// Abort the communicator (collectives in flight return) and stop.
+    Abort,
 }
 
 /// A rank's answer.
@@ -243,9 +247,37 @@ impl Ranks {
         }
     }
 
+    /// Fails the group: the ranks still alive abort their communicators, so none stays
+    /// blocked in a collective whose peer is gone.
     fn fail(&mut self, why: String) -> CudaError {
+        if self.failed.is_none() {
+            for w in &self.workers {
+                let _ = w.jobs.send(Job::Abort);
+            }
+        }
         let why = self.failed.get_or_insert(why).clone();
         CudaError::Nccl(why)
+    }
+}
+
+impl Drop for Ranks {
+    /// Stops every rank and waits (bounded) until each has freed its GPU, so the process
+    /// does not exit while a rank is still tearing down.
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + TEARDOWN_TIMEOUT;
+        for w in &self.workers {
+            let _ = w.jobs.send(Job::Abort);
+        }
+        for w in &self.workers {
+            // A rank's reply sender goes away when its thread has dropped its model.
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match w.replies.recv_timeout(left) {
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
     }
 }
 
@@ -316,6 +348,10 @@ fn serve_rank(mut model: CudaLlama, jobs: &Receiver<Job>, replies: &Sender<Resul
     while let Ok(job) = jobs.recv() {
         let reply = match job {
             Job::Step(_) if fault == Some(steps) => return,
+            Job::Abort => {
+                model.abort();
+                return;
+            }
             Job::Step(input) => {
                 steps += 1;
                 model.step(&input).map(|()| Reply::Done)

@@ -14,9 +14,9 @@ pub mod oneshot;
 pub mod serve;
 pub mod weights;
 
+pub use crate::plan_cuda::AllReduce;
 pub use group::ModelGroup;
 pub use model::{CudaLlama, Rank, StepInput};
-pub use oneshot::AllReduce;
 
 /// What can go wrong on the GPU.
 #[derive(Debug, thiserror::Error)]

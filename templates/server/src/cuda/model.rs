@@ -13,8 +13,9 @@ use super::comm::Comm;
 use super::config::HfConfig;
 use super::device::{DevBuf, Gpu, check};
 use super::ffi;
-use super::oneshot::{AllReduce, PeerSum};
+use super::oneshot::PeerSum;
 use super::weights::Weights;
+use crate::plan_cuda::AllReduce;
 use crate::shard::Shard;
 use crate::{plan, plan_cuda};
 
@@ -243,6 +244,14 @@ impl CudaLlama {
             model.peer_sum = Some(PeerSum::new(&model.gpu, &mut comm.borrow_mut())?);
         }
         Ok(model)
+    }
+
+    /// Aborts this rank's communicator (collectives in flight return): the group failed
+    /// or is being torn down.
+    pub fn abort(&self) {
+        if let Some(comm) = &self.comm {
+            comm.borrow_mut().abort("the group was stopped".into());
+        }
     }
 
     /// This model's rank in its tensor-parallel group (0 on one GPU).

@@ -3,7 +3,6 @@
 //! batch-1 decode (16 KB for an 8B model). Peer access is plain CUDA peer-to-peer
 //! (`cuCtxEnablePeerAccess`): no NVLink multicast. Larger messages go to NCCL.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, sys as drv_sys};
@@ -11,6 +10,7 @@ use cudarc::driver::{CudaContext, sys as drv_sys};
 use super::comm::Comm;
 use super::device::{DevBuf, Gpu, check};
 use super::{CudaError, ffi};
+use crate::plan_cuda::AllReduce;
 
 /// Largest message (bytes) the one-shot kernel sums; above it NCCL's ring is faster and
 /// the exchange buffers would grow. 512 KiB is a 32-token residual of a 4096-wide model.
@@ -24,25 +24,12 @@ const ONE_SHOT_MAX_BLOCKS: usize = 32;
 /// error (below the communicator's deadline, so the step fails instead of hanging).
 const ONE_SHOT_TIMEOUT_NS: i64 = 10_000_000_000;
 
-/// Which all-reduce sums the row-parallel products' partial outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AllReduce {
-    /// NCCL's `ncclAllReduce`.
-    Nccl,
-    /// The one-shot kernel over peer memory for messages up to 512 KiB (two ranks), NCCL
-    /// above.
-    OneShot,
-}
-
-impl FromStr for AllReduce {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "nccl" => Ok(Self::Nccl),
-            "one-shot" => Ok(Self::OneShot),
-            other => Err(format!("all-reduce {other:?} is not nccl or one-shot")),
-        }
+/// The plan's all-reduce named as on the command line: `nccl` or `one-shot`.
+pub fn parse_all_reduce(s: &str) -> Result<AllReduce, String> {
+    match s {
+        "nccl" => Ok(AllReduce::Nccl),
+        "one-shot" => Ok(AllReduce::OneShot),
+        other => Err(format!("all-reduce {other:?} is not nccl or one-shot")),
     }
 }
 
@@ -171,8 +158,8 @@ mod tests {
 
     #[test]
     fn the_plan_names_parse_and_others_are_refused() {
-        assert_eq!("nccl".parse(), Ok(AllReduce::Nccl));
-        assert_eq!("one-shot".parse(), Ok(AllReduce::OneShot));
-        assert!("two-shot".parse::<AllReduce>().is_err());
+        assert_eq!(parse_all_reduce("nccl"), Ok(AllReduce::Nccl));
+        assert_eq!(parse_all_reduce("one-shot"), Ok(AllReduce::OneShot));
+        assert!(parse_all_reduce("two-shot").is_err());
     }
 }

@@ -47,7 +47,6 @@ pub fn load(dir: &Path) -> Result<(Tokenizer, ChatTemplate, Box<dyn Backend>), S
             .unwrap_or_default()
     };
     let chat_template = ChatTemplate::new(&source, text(bos), text(eos))?;
-    let all_reduce = plan_cuda::ALL_REDUCE.parse().map_err(CudaError::Model)?;
-    let (model, _) = ModelGroup::load(dir, plan_cuda::TENSOR_PARALLEL, all_reduce)?;
+    let (model, _) = ModelGroup::load(dir, plan_cuda::TENSOR_PARALLEL, plan_cuda::ALL_REDUCE)?;
     Ok((tokenizer, chat_template, Box::new(model)))
 }
