@@ -12,6 +12,7 @@ pub mod group;
 pub mod model;
 pub mod oneshot;
 pub mod serve;
+pub mod step;
 pub mod weights;
 
 pub use crate::plan_cuda::AllReduce;

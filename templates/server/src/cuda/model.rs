@@ -14,74 +14,12 @@ use super::config::HfConfig;
 use super::device::{DevBuf, Gpu, check};
 use super::ffi;
 use super::oneshot::PeerSum;
+use super::step::Layout;
+pub use super::step::StepInput;
 use super::weights::Weights;
 use crate::plan_cuda::AllReduce;
 use crate::shard::Shard;
 use crate::{plan, plan_cuda};
-
-/// One step's inputs: `n` query tokens, each of one sequence, and which get logits.
-#[derive(Debug, Default, Clone)]
-pub struct StepInput {
-    /// Token ids.
-    pub tokens: Vec<i32>,
-    /// Each token's position in its sequence.
-    pub positions: Vec<i32>,
-    /// Index into `tables` of each token's sequence.
-    pub seq: Vec<i32>,
-    /// Each sequence's KV blocks (device block ids, see [`CudaLlama::device_block`]).
-    pub tables: Vec<Vec<i32>>,
-    /// Token indices whose logits (and selected token) the step produces, in order.
-    pub logit_rows: Vec<i32>,
-    /// Sampling temperature per logits row (0: greedy).
-    pub temps: Vec<f32>,
-    /// Sampling seed per logits row (a fresh one each step).
-    pub seeds: Vec<u64>,
-}
-
-impl StepInput {
-    /// A decode step: one token per sequence, every row gets logits.
-    pub fn is_decode(&self) -> bool {
-        self.tokens.len() == self.tables.len()
-            && self.logit_rows.len() == self.tokens.len()
-            && self.seq.iter().enumerate().all(|(i, &s)| s as usize == i)
-            && self
-                .logit_rows
-                .iter()
-                .enumerate()
-                .all(|(i, &r)| r as usize == i)
-    }
-}
-
-/// Offsets (in i32 elements) of the sections of the packed step input.
-struct Layout {
-    tokens: usize,
-    positions: usize,
-    slots: usize,
-    q_seq: usize,
-    q_ctx: usize,
-    logit_rows: usize,
-    /// Row width of this step's block tables (the longest table), read by the kernel.
-    stride: usize,
-    tables: usize,
-    total: usize,
-}
-
-impl Layout {
-    fn new(max_tokens: usize, max_blocks: usize) -> Self {
-        let m = max_tokens;
-        Self {
-            tokens: 0,
-            positions: m,
-            slots: 2 * m,
-            q_seq: 3 * m,
-            q_ctx: 4 * m,
-            logit_rows: 5 * m,
-            stride: 6 * m,
-            tables: 6 * m + 1,
-            total: 6 * m + 1 + m * max_blocks,
-        }
-    }
-}
 
 /// Activations and step inputs on the device, sized for `max_tokens`.
 struct Buffers {
