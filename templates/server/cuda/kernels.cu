@@ -36,16 +36,26 @@ static cudaStream_t as_stream(vs_stream s) { return (cudaStream_t)s; }
 
 // ---------------------------------------------------------------- embedding
 
-__global__ void embed_kernel(const int32_t *tokens, const bf16 *table, float *out, int dim) {
-  const __nv_bfloat162 *row = (const __nv_bfloat162 *)(table + (size_t)tokens[blockIdx.x] * dim);
+// A tensor-parallel rank holds rows vocab_start.. of the table: tokens outside them give
+// zero rows, and the all-reduce that follows sums the ranks' rows into the embedding.
+__global__ void embed_kernel(const int32_t *tokens, const bf16 *table, float *out, int dim,
+                             int vocab_start, int vocab_rows) {
+  int local = tokens[blockIdx.x] - vocab_start;
   float2 *o = (float2 *)(out + (size_t)blockIdx.x * dim);
+  if (local < 0 || local >= vocab_rows) {
+    for (int i = threadIdx.x; i < dim / 2; i += blockDim.x) o[i] = make_float2(0.f, 0.f);
+    return;
+  }
+  const __nv_bfloat162 *row = (const __nv_bfloat162 *)(table + (size_t)local * dim);
   for (int i = threadIdx.x; i < dim / 2; i += blockDim.x) o[i] = __bfloat1622float2(row[i]);
 }
 
 extern "C" int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens,
-                        const uint16_t *table, float *out, int dim, int threads) {
+                        const uint16_t *table, float *out, int dim, int vocab_start,
+                        int vocab_rows, int threads) {
   if (n_tokens == 0) return 0;
-  embed_kernel<<<n_tokens, threads, 0, as_stream(stream)>>>(tokens, (const bf16 *)table, out, dim);
+  embed_kernel<<<n_tokens, threads, 0, as_stream(stream)>>>(tokens, (const bf16 *)table, out, dim,
+                                                            vocab_start, vocab_rows);
   return launched();
 }
 
@@ -318,8 +328,8 @@ static __device__ __forceinline__ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-__global__ void sample_kernel(const float *logits, int vocab, const float *temps,
-                              const uint64_t *seeds, int32_t *out) {
+__global__ void sample_kernel(const float *logits, int vocab, int vocab_start, const float *temps,
+                              const uint64_t *seeds, int32_t *out, float *out_score) {
   __shared__ float best_v[32];
   __shared__ int best_i[32];
   const float *row = logits + (size_t)blockIdx.x * vocab;
@@ -331,7 +341,10 @@ __global__ void sample_kernel(const float *logits, int vocab, const float *temps
     float v = row[i];
     if (temp > 0.f) {
       // Uniform in (0, 1) from the top 24 bits; Gumbel noise -log(-log(u)).
-      float u = ((float)(mix64(seed ^ (uint64_t)i * 0x9e3779b97f4a7c15ull) >> 40) + 0.5f) * (1.f / 16777216.f);
+      // Keyed by the global token id, so every rank of a vocabulary split draws the same
+      // noise as one GPU would.
+      uint64_t id = (uint64_t)(i + vocab_start);
+      float u = ((float)(mix64(seed ^ id * 0x9e3779b97f4a7c15ull) >> 40) + 0.5f) * (1.f / 16777216.f);
       v = v / temp - __logf(-__logf(u));
     }
     if (v > bv) {
@@ -360,14 +373,74 @@ __global__ void sample_kernel(const float *logits, int vocab, const float *temps
         bv = best_v[w];
         bi = best_i[w];
       }
-    out[blockIdx.x] = bi;
+    out[blockIdx.x] = bi + vocab_start;
+    if (out_score) out_score[blockIdx.x] = bv;
   }
 }
 
 extern "C" int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab,
-                         const float *temps, const uint64_t *seeds, int32_t *out, int threads) {
+                         int vocab_start, const float *temps, const uint64_t *seeds, int32_t *out,
+                         float *out_score, int threads) {
   if (n_rows == 0) return 0;
   if (threads % 32 != 0 || threads > 1024) return (int)cudaErrorInvalidValue;
-  sample_kernel<<<n_rows, threads, 0, as_stream(stream)>>>(logits, vocab, temps, seeds, out);
+  sample_kernel<<<n_rows, threads, 0, as_stream(stream)>>>(logits, vocab, vocab_start, temps, seeds,
+                                                          out, out_score);
+  return launched();
+}
+
+// ---------------------------------------------------------------- one-shot all-reduce
+
+// Two ranks sum a small buffer over peer memory in one kernel (no NCCL launch and
+// protocol overhead: batch-1 decode's all-reduces are 16 KB). Block b copies its share
+// of `data` into this rank's exchange slot of the call's parity, fences, signals the
+// peer's block b through the peer's flags, waits for the peer's signal, then adds the
+// peer's slot (read over NVLink, bypassing L1) to its own values. Two slots: a rank can
+// run at most one call ahead of its peer, and never writes the slot the peer may read.
+// a + b == b + a in floating point, so both ranks get the same sum.
+static __device__ __forceinline__ unsigned long long global_ns(void) {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__global__ void allreduce2_kernel(float4 *data, int n4, float4 *exchange, const float4 *peer_exchange,
+                                  int cap4, volatile int *my_flags, volatile int *peer_flags,
+                                  int *epochs, int *error, long long timeout_ns) {
+  __shared__ int epoch;
+  if (threadIdx.x == 0) epoch = epochs[blockIdx.x] + 1;
+  __syncthreads();
+  const int e = epoch, slot = (e & 1) * cap4;
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) exchange[slot + i] = data[i];
+  __threadfence_system();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    epochs[blockIdx.x] = e;
+    peer_flags[blockIdx.x] = e;
+    unsigned long long start = global_ns();
+    while (my_flags[blockIdx.x] < e) {
+      if ((long long)(global_ns() - start) > timeout_ns) {
+        atomicExch(error, 1);
+        break;
+      }
+    }
+    __threadfence_system();
+  }
+  __syncthreads();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
+    float4 a = data[i], b = __ldcg(&peer_exchange[slot + i]);
+    data[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  }
+}
+
+extern "C" int vs_allreduce2(vs_stream stream, float *data, int n, float *exchange,
+                             const float *peer_exchange, int cap, int *my_flags, int *peer_flags,
+                             int *epochs, int *error, long long timeout_ns, int blocks,
+                             int threads) {
+  if (n == 0) return 0;
+  if (n % 4 != 0 || n > cap) return (int)cudaErrorInvalidValue;
+  allreduce2_kernel<<<blocks, threads, 0, as_stream(stream)>>>(
+      (float4 *)data, n / 4, (float4 *)exchange, (const float4 *)peer_exchange, cap / 4, my_flags,
+      peer_flags, epochs, error, timeout_ns);
   return launched();
 }

@@ -12,9 +12,11 @@ extern "C" {
 
 typedef void *vs_stream;
 
-/* out[t, :] = float(table[tokens[t], :]) for t < n_tokens (the f32 residual stream). */
+/* out[t, :] = float(table[tokens[t] - vocab_start, :]) for t < n_tokens (the f32 residual
+ * stream); zeros where tokens[t] is outside vocab_start..vocab_start+vocab_rows (a
+ * tensor-parallel rank's slice of the table). */
 int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens, const uint16_t *table,
-             float *out, int dim, int threads);
+             float *out, int dim, int vocab_start, int vocab_rows, int threads);
 
 /* out[r, :] = bf16(x * rsqrt(mean(x^2) + eps) * weight) with x = resid[rows[r], :]
  * (rows NULL: x = resid[r, :]) for r < n_rows. */
@@ -47,9 +49,22 @@ int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_to
               int threads);
 
 /* Token selection per logits row: argmax when temps[r] <= 0, else a draw from
- * softmax(logits / temps[r]) by the Gumbel-max trick seeded with seeds[r]. */
-int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab, const float *temps,
-              const uint64_t *seeds, int32_t *out, int threads);
+ * softmax(logits / temps[r]) by the Gumbel-max trick seeded with seeds[r]. The row holds
+ * tokens vocab_start..vocab_start+vocab (a rank's slice); out[r] is a global token id and
+ * out_score[r] (unless NULL) its score, so ranks' winners compare (distributed argmax). */
+int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab, int vocab_start,
+              const float *temps, const uint64_t *seeds, int32_t *out, float *out_score,
+              int threads);
+
+/* Sums n floats (n % 4 == 0, n <= cap) of `data` across two ranks in one kernel over
+ * peer memory (the one-shot all-reduce of small messages). `exchange` (2 * cap floats),
+ * `my_flags` and `epochs` (one int per block, zeroed once) are this rank's;
+ * `peer_exchange` and `peer_flags` are the peer's, reachable through peer access. Both
+ * ranks must make the same sequence of calls with the same `blocks`. When the peer does
+ * not signal within timeout_ns, *error becomes 1 and the sum is not valid. */
+int vs_allreduce2(vs_stream stream, float *data, int n, float *exchange,
+                  const float *peer_exchange, int cap, int *my_flags, int *peer_flags,
+                  int *epochs, int *error, long long timeout_ns, int blocks, int threads);
 
 #ifdef __cplusplus
 }

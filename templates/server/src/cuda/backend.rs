@@ -1,12 +1,12 @@
-//! The GPU model as the engine's [`Backend`]: a batch of the shared scheduler becomes a
-//! [`StepInput`] (block ids shifted past the scratch block), and the logits rows come
-//! back to the host for the shared sampler.
+//! The GPU model (one GPU or a tensor-parallel group) as the engine's [`Backend`]: a
+//! batch of the shared scheduler becomes a [`StepInput`] (block ids shifted past the
+//! scratch block), and the logits rows come back to the host for the shared sampler.
 
 use crate::backend::Backend;
 use crate::batch::Batch;
 use crate::kv_cache::{BlockPool, BlockTable};
 
-use super::{CudaLlama, StepInput};
+use super::{CudaLlama, ModelGroup, StepInput};
 
 /// The step input of a batch: tokens, positions, one table per distinct sequence.
 pub fn step_input(batch: &Batch<'_>) -> StepInput {
@@ -35,7 +35,7 @@ pub fn step_input(batch: &Batch<'_>) -> StepInput {
     input
 }
 
-impl Backend for CudaLlama {
+impl Backend for ModelGroup {
     fn forward(
         &mut self,
         batch: &Batch<'_>,

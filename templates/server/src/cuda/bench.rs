@@ -9,8 +9,9 @@ use std::time::Instant;
 use clap::Args;
 use serde::Serialize;
 
-use super::device::DevBuf;
-use super::{CudaError, CudaLlama, StepInput};
+use super::device::{DevBuf, Gpu};
+use super::oneshot::parse_all_reduce;
+use super::{AllReduce, CudaError, CudaLlama, ModelGroup, StepInput};
 use crate::{plan, plan_cuda};
 
 /// Arguments of `server cuda-logits`.
@@ -25,6 +26,16 @@ pub struct LogitsArgs {
     /// Where to write the logits: f32 little-endian, one row of vocab values per token.
     #[arg(long)]
     pub out: PathBuf,
+    /// GPUs to split the model over (default: the plan's).
+    #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
+    pub tensor_parallel: usize,
+    /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
+    #[arg(long, value_parser = parse_all_reduce)]
+    pub all_reduce: Option<AllReduce>,
+    /// Tokens per step (1: one token at a time, through the decode graphs and the
+    /// small all-reduces of decode).
+    #[arg(long, default_value_t = plan::PREFILL_CHUNK)]
+    pub chunk: usize,
 }
 
 /// Arguments of `server cuda-bench`.
@@ -42,6 +53,17 @@ pub struct BenchArgs {
     /// Generated tokens per sequence.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
+    /// GPUs to split the model over (default: the plan's).
+    #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
+    pub tensor_parallel: usize,
+    /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
+    #[arg(long, value_parser = parse_all_reduce)]
+    pub all_reduce: Option<AllReduce>,
+}
+
+/// The all-reduce asked for, else the plan's.
+fn all_reduce(asked: Option<AllReduce>) -> AllReduce {
+    asked.unwrap_or(plan_cuda::ALL_REDUCE)
 }
 
 /// Positions of one sequence as device KV blocks, starting at device block `first`.
@@ -51,17 +73,19 @@ fn table(first: usize, tokens: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Runs the prompt of one sequence in chunks of `PREFILL_CHUNK`, with logits for every
+/// Runs the prompt of one sequence in chunks of `chunk` tokens, with logits for every
 /// token when `all_logits` (returned), else for none.
 fn prefill(
-    model: &mut CudaLlama,
+    model: &mut ModelGroup,
     tokens: &[i32],
     table: &[i32],
     all_logits: bool,
+    chunk: usize,
 ) -> Result<Vec<f32>, CudaError> {
     let mut logits = Vec::new();
-    for (c, chunk) in tokens.chunks(plan::PREFILL_CHUNK).enumerate() {
-        let start = c * plan::PREFILL_CHUNK;
+    let step = chunk.max(1);
+    for (c, chunk) in tokens.chunks(step).enumerate() {
+        let start = c * step;
         let n = chunk.len();
         let rows: Vec<i32> = if all_logits {
             (0..n as i32).collect()
@@ -82,7 +106,7 @@ fn prefill(
             logits.extend(model.logits(n)?);
         }
     }
-    model.gpu().sync()?;
+    model.finish()?;
     Ok(logits)
 }
 
@@ -98,14 +122,20 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CudaError> {
                 .map_err(|_| CudaError::Model(format!("bad token id {s:?}")))
         })
         .collect::<Result<_, _>>()?;
-    let mut model = CudaLlama::load(&args.model)?;
-    let logits = prefill(&mut model, &tokens, &table(0, tokens.len()), true)?;
+    let (mut model, _) = ModelGroup::load(
+        &args.model,
+        args.tensor_parallel,
+        all_reduce(args.all_reduce),
+    )?;
+    let table = table(0, tokens.len());
+    let logits = prefill(&mut model, &tokens, &table, true, args.chunk)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&args.out, bytes)
         .map_err(|e| CudaError::Model(format!("{}: {e}", args.out.display())))?;
     println!(
         "{}",
-        serde_json::json!({"tokens": tokens.len(), "vocab": model.config.vocab_size})
+        serde_json::json!({"tokens": tokens.len(), "vocab": model.config().vocab_size,
+            "tensor_parallel": args.tensor_parallel})
     );
     Ok(())
 }
@@ -123,29 +153,30 @@ struct BatchFigures {
     step_ms: f64,
 }
 
-/// Device-to-device copy bandwidth (bytes read plus written per second).
-fn copy_bandwidth(model: &CudaLlama) -> Result<f64, CudaError> {
+/// Device-to-device copy bandwidth of device 0 (bytes read plus written per second).
+fn copy_bandwidth() -> Result<f64, CudaError> {
     const BYTES: usize = 1 << 30;
+    let gpu = Gpu::open(0)?;
     let (a, b) = (DevBuf::zeroed(BYTES)?, DevBuf::zeroed(BYTES)?);
-    let stream = model.gpu().stream.cu_stream();
+    let stream = gpu.stream.cu_stream();
     let copy = || {
         unsafe { cudarc::driver::result::memcpy_dtod_async(b.ptr, a.ptr, BYTES, stream) }
             .map_err(CudaError::driver)
     };
     copy()?;
-    model.gpu().sync()?;
+    gpu.sync()?;
     let reps = 10;
     let t = Instant::now();
     for _ in 0..reps {
         copy()?;
     }
-    model.gpu().sync()?;
+    gpu.sync()?;
     Ok((2 * BYTES * reps) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Prefills `batch` random prompts, then decodes `gen` tokens for all, greedily.
 fn run_batch(
-    model: &mut CudaLlama,
+    model: &mut ModelGroup,
     batch: usize,
     prompt: usize,
     gen_tokens: usize,
@@ -161,13 +192,13 @@ fn run_batch(
     let tables: Vec<Vec<i32>> = (0..batch)
         .map(|s| table(s * blocks_per_seq, prompt + gen_tokens))
         .collect();
-    let vocab = model.config.vocab_size as u64;
+    let vocab = model.config().vocab_size as u64;
     let t = Instant::now();
     for (s, tab) in tables.iter().enumerate() {
         let tokens: Vec<i32> = (0..prompt as u64)
             .map(|i| ((i * 7919 + s as u64 * 104_729 + 17) % vocab) as i32)
             .collect();
-        prefill(model, &tokens, tab, false)?;
+        prefill(model, &tokens, tab, false, plan::PREFILL_CHUNK)?;
     }
     let prefill_s = t.elapsed().as_secs_f64();
     let mut last: Vec<i32> = vec![1; batch];
@@ -196,8 +227,12 @@ fn run_batch(
 
 /// `server cuda-bench`.
 pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
-    let mut model = CudaLlama::load(&args.model)?;
-    let bandwidth = copy_bandwidth(&model)?;
+    let bandwidth = copy_bandwidth()?;
+    let (mut model, info) = ModelGroup::load(
+        &args.model,
+        args.tensor_parallel,
+        all_reduce(args.all_reduce),
+    )?;
     // Warm-up: captures the graphs and loads the cuBLAS kernels outside the timings.
     for &b in &args.batch {
         run_batch(&mut model, b, args.prompt.min(16), 4)?;
@@ -206,11 +241,16 @@ pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     for &b in &args.batch {
         rows.push(run_batch(&mut model, b, args.prompt, args.gen_tokens)?);
     }
-    let floor = bandwidth / model.weight_bytes() as f64;
+    // Each rank reads its own weights at once: the slowest (largest) slice sets the floor.
+    let rank_bytes = info.rank_weight_bytes.iter().copied().max().unwrap_or(1);
+    let floor = bandwidth / rank_bytes as f64;
     let batch1 = rows.iter().find(|r| r.batch == 1).map(|r| r.decode_tok_s);
     let report = serde_json::json!({
-        "device": model.gpu().ctx.name().unwrap_or_default(),
-        "weight_bytes": model.weight_bytes(),
+        "device": info.device,
+        "tensor_parallel": args.tensor_parallel,
+        "all_reduce": format!("{:?}", all_reduce(args.all_reduce)),
+        "weight_bytes": info.rank_weight_bytes.iter().sum::<usize>(),
+        "rank_weight_bytes": info.rank_weight_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "batch1_floor_tok_s": floor,
         "batch1_floor_ratio": batch1.map(|t| t / floor),

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::CudaError;
+use crate::shard::Shard;
 
 /// The llama3 RoPE frequency scaling (`rope_scaling` with `rope_type: "llama3"`).
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +76,19 @@ impl HfConfig {
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The shapes one tensor-parallel rank computes with: its query and KV heads, FFN
+    /// columns and vocabulary rows (the model width and head size are unchanged).
+    pub fn shard(&self, shard: Shard) -> Self {
+        Self {
+            num_attention_heads: shard.q_heads(self.num_attention_heads).len(),
+            num_key_value_heads: shard.kv_heads(self.num_key_value_heads).len(),
+            intermediate_size: shard.ffn(self.intermediate_size).len(),
+            vocab_size: shard.vocab(self.vocab_size).len(),
+            head_dim: Some(self.head_dim()),
+            ..self.clone()
+        }
     }
 
     /// Width of the fused q|k|v projection's output.
@@ -154,6 +168,20 @@ mod tests {
             inv.windows(2).all(|w| w[0] > w[1]),
             "frequencies still decrease"
         );
+    }
+
+    #[test]
+    fn a_rank_of_two_holds_half_the_heads_ffn_and_vocabulary() {
+        let c = llama_1b();
+        let r = c.shard(Shard::new(1, 2));
+        assert_eq!((r.num_attention_heads, r.num_key_value_heads), (16, 4));
+        assert_eq!((r.intermediate_size, r.vocab_size), (4096, 64128));
+        assert_eq!(
+            (r.head_dim(), r.hidden_size),
+            (64, 2048),
+            "head size and width stay"
+        );
+        assert_eq!(r.qkv_dim(), (16 + 8) * 64);
     }
 
     #[test]

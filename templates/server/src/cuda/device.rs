@@ -10,9 +10,10 @@ use cudarc::driver::{CudaContext, CudaStream, result as drv, sys as drv_sys};
 use super::CudaError;
 use crate::plan_cuda;
 
-/// The device the model runs on: one context, one stream, one cuBLAS handle.
+/// The device a model (or one tensor-parallel rank) runs on: one context, one stream,
+/// one cuBLAS handle.
 pub struct Gpu {
-    /// The primary context of device 0.
+    /// The device's primary context.
     pub ctx: Arc<CudaContext>,
     /// The stream every kernel and copy goes to.
     pub stream: Arc<CudaStream>,
@@ -22,8 +23,8 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens device 0 and checks it is the architecture the kernels were built for.
-    pub fn open() -> Result<Self, CudaError> {
+    /// Opens device `ordinal` and checks it is the architecture the kernels were built for.
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
         // cudarc panics on first use of a library it cannot load: ask first.
         // SAFETY: only tries to dlopen the libraries.
         if !unsafe { drv_sys::is_culib_present() } {
@@ -36,7 +37,7 @@ impl Gpu {
                 "cuBLAS (libcublas.so.13) is not on the library path".into(),
             ));
         }
-        let ctx = CudaContext::new(0).map_err(|e| CudaError::NoDevice(e.to_string()))?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice(e.to_string()))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| CudaError::NoDevice(e.to_string()))?;
@@ -221,7 +222,7 @@ mod tests {
 
     #[test]
     fn opening_without_a_usable_gpu_is_an_error_not_a_panic() {
-        match Gpu::open() {
+        match Gpu::open(0) {
             Ok(_) | Err(CudaError::WrongArch { .. }) => {}
             Err(CudaError::NoDevice(msg)) => assert!(!msg.is_empty()),
             Err(e) => panic!("unexpected error opening the GPU: {e}"),
@@ -231,7 +232,7 @@ mod tests {
     #[test]
     #[ignore = "needs a CUDA device"]
     fn upload_and_download_round_trip() {
-        let gpu = Gpu::open().expect("a CUDA device");
+        let gpu = Gpu::open(0).expect("a CUDA device");
         let data: Vec<f32> = (0..4096).map(|i| i as f32 * 0.5 - 7.0).collect();
         let buf = DevBuf::new(data.len() * 4).expect("device memory");
         gpu.upload(buf.ptr, &data).expect("upload");

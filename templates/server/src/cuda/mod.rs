@@ -4,14 +4,20 @@
 
 pub mod backend;
 pub mod bench;
+pub mod comm;
 pub mod config;
 pub mod device;
 mod ffi;
+pub mod group;
 pub mod model;
+pub mod oneshot;
 pub mod serve;
+pub mod step;
 pub mod weights;
 
-pub use model::{CudaLlama, StepInput};
+pub use crate::plan_cuda::AllReduce;
+pub use group::ModelGroup;
+pub use model::{CudaLlama, Rank, StepInput};
 
 /// What can go wrong on the GPU.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,9 @@ pub enum CudaError {
     /// A cuBLAS call failed.
     #[error("cuBLAS error: {0}")]
     Blas(String),
+    /// A collective failed, timed out, or a rank is gone: the model cannot run steps.
+    #[error("tensor parallelism: {0}")]
+    Nccl(String),
     /// The model folder is unusable.
     #[error("model: {0}")]
     Model(String),

@@ -2,81 +2,24 @@
 //! one enqueue of every kernel and product of a step, and CUDA graphs of the decode
 //! step per batch-size bucket (so a decode step is one graph launch, not ~150 launches).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use cudarc::driver::{CudaGraph, sys as drv_sys};
 
 use super::CudaError;
+use super::comm::Comm;
 use super::config::HfConfig;
 use super::device::{DevBuf, Gpu, check};
 use super::ffi;
+use super::oneshot::PeerSum;
+use super::step::Layout;
+pub use super::step::StepInput;
 use super::weights::Weights;
+use crate::plan_cuda::AllReduce;
+use crate::shard::Shard;
 use crate::{plan, plan_cuda};
-
-/// One step's inputs: `n` query tokens, each of one sequence, and which get logits.
-#[derive(Debug, Default, Clone)]
-pub struct StepInput {
-    /// Token ids.
-    pub tokens: Vec<i32>,
-    /// Each token's position in its sequence.
-    pub positions: Vec<i32>,
-    /// Index into `tables` of each token's sequence.
-    pub seq: Vec<i32>,
-    /// Each sequence's KV blocks (device block ids, see [`CudaLlama::device_block`]).
-    pub tables: Vec<Vec<i32>>,
-    /// Token indices whose logits (and selected token) the step produces, in order.
-    pub logit_rows: Vec<i32>,
-    /// Sampling temperature per logits row (0: greedy).
-    pub temps: Vec<f32>,
-    /// Sampling seed per logits row (a fresh one each step).
-    pub seeds: Vec<u64>,
-}
-
-impl StepInput {
-    /// A decode step: one token per sequence, every row gets logits.
-    pub fn is_decode(&self) -> bool {
-        self.tokens.len() == self.tables.len()
-            && self.logit_rows.len() == self.tokens.len()
-            && self.seq.iter().enumerate().all(|(i, &s)| s as usize == i)
-            && self
-                .logit_rows
-                .iter()
-                .enumerate()
-                .all(|(i, &r)| r as usize == i)
-    }
-}
-
-/// Offsets (in i32 elements) of the sections of the packed step input.
-struct Layout {
-    tokens: usize,
-    positions: usize,
-    slots: usize,
-    q_seq: usize,
-    q_ctx: usize,
-    logit_rows: usize,
-    /// Row width of this step's block tables (the longest table), read by the kernel.
-    stride: usize,
-    tables: usize,
-    total: usize,
-}
-
-impl Layout {
-    fn new(max_tokens: usize, max_blocks: usize) -> Self {
-        let m = max_tokens;
-        Self {
-            tokens: 0,
-            positions: m,
-            slots: 2 * m,
-            q_seq: 3 * m,
-            q_ctx: 4 * m,
-            logit_rows: 5 * m,
-            stride: 6 * m,
-            tables: 6 * m + 1,
-            total: 6 * m + 1 + m * max_blocks,
-        }
-    }
-}
 
 /// Activations and step inputs on the device, sized for `max_tokens`.
 struct Buffers {
@@ -92,6 +35,7 @@ struct Buffers {
     partial: DevBuf,
     logits: DevBuf,
     sampled: DevBuf,
+    scores: DevBuf,
     rope: DevBuf,
     k_cache: DevBuf,
     v_cache: DevBuf,
@@ -105,11 +49,44 @@ struct Graph(CudaGraph);
 // and CUDA graph handles may be used from any thread when access is serialised.
 unsafe impl Send for Graph {}
 
-/// The model on the GPU, ready to run steps.
+/// Which GPU a model (or one rank of a tensor-parallel model) runs on and what it holds.
+pub struct Rank {
+    /// The CUDA device ordinal.
+    pub ordinal: usize,
+    /// Its slice of the model.
+    pub shard: Shard,
+    /// Its communicator (none for a model on one GPU).
+    pub comm: Option<Comm>,
+    /// How the ranks' partial sums are added.
+    pub all_reduce: AllReduce,
+}
+
+impl Rank {
+    /// The whole model on device 0.
+    pub fn single() -> Self {
+        Self {
+            ordinal: 0,
+            shard: Shard::new(0, 1),
+            comm: None,
+            all_reduce: AllReduce::Nccl,
+        }
+    }
+}
+
+/// The model on the GPU (or one tensor-parallel rank's slice of it), ready to run steps.
 pub struct CudaLlama {
     gpu: Gpu,
     /// The model's configuration.
     pub config: HfConfig,
+    /// This rank's shapes: its heads, FFN columns and vocabulary rows.
+    local: HfConfig,
+    /// First vocabulary row this rank holds.
+    vocab_start: usize,
+    shard: Shard,
+    /// Borrowed mutably while a step is enqueued (`enqueue` takes `&self`).
+    comm: Option<RefCell<Comm>>,
+    /// The one-shot all-reduce, when chosen (small sums; NCCL does the rest).
+    peer_sum: Option<PeerSum>,
     weights: Weights,
     buf: Buffers,
     layout: Layout,
@@ -128,10 +105,11 @@ fn partial_floats(c: &HfConfig) -> usize {
 }
 
 impl CudaLlama {
-    /// Opens the GPU, loads the model folder (config.json, model*.safetensors) and
-    /// allocates the KV cache (`plan::KV_BLOCKS` blocks plus one scratch block).
-    pub fn load(dir: &Path) -> Result<Self, CudaError> {
-        let gpu = Gpu::open()?;
+    /// Opens the rank's GPU, loads its slice of the model folder (config.json,
+    /// model*.safetensors) and allocates its KV cache (`plan::KV_BLOCKS` blocks plus one
+    /// scratch block, of its KV heads).
+    pub fn load(dir: &Path, rank: Rank) -> Result<Self, CudaError> {
+        let gpu = Gpu::open(rank.ordinal)?;
         let config = HfConfig::load(dir)?;
         if config.vocab_size != plan::VOCAB_SIZE {
             return Err(CudaError::Model(format!(
@@ -140,7 +118,9 @@ impl CudaLlama {
                 plan::VOCAB_SIZE
             )));
         }
-        let weights = Weights::load(&gpu, dir, &config)?;
+        let local = config.shard(rank.shard);
+        let vocab_start = rank.shard.vocab(config.vocab_size).start;
+        let weights = Weights::load(&gpu, dir, &config, rank.shard)?;
         let max_tokens = plan::MAX_BATCH_TOKENS.max(
             plan_cuda::CUDA_GRAPH_BATCH_SIZES
                 .iter()
@@ -150,7 +130,7 @@ impl CudaLlama {
         );
         let max_blocks = plan::CONTEXT_LENGTH.div_ceil(plan::KV_BLOCK_SIZE);
         let layout = Layout::new(max_tokens, max_blocks);
-        let c = &config;
+        let c = &local;
         let (d, hd, m) = (c.hidden_size, c.head_dim(), max_tokens);
         let block_bytes = c.num_key_value_heads * plan::KV_BLOCK_SIZE * hd * 2;
         let layer_cache_bytes = (plan::KV_BLOCKS + 1) * block_bytes;
@@ -171,15 +151,21 @@ impl CudaLlama {
             )?,
             logits: DevBuf::new(m * c.vocab_size * 4)?,
             sampled: DevBuf::zeroed(m * 4)?,
+            scores: DevBuf::zeroed(m * 4)?,
             rope,
             k_cache: DevBuf::zeroed(layer_cache_bytes * c.num_hidden_layers)?,
             v_cache: DevBuf::zeroed(layer_cache_bytes * c.num_hidden_layers)?,
         };
         gpu.sync()?;
         let staging = vec![0; layout.total];
-        Ok(Self {
+        let mut model = Self {
             gpu,
             config,
+            local,
+            vocab_start,
+            shard: rank.shard,
+            comm: rank.comm.map(RefCell::new),
+            peer_sum: None,
             weights,
             buf,
             layout,
@@ -188,7 +174,27 @@ impl CudaLlama {
             layer_cache_bytes,
             graphs: BTreeMap::new(),
             staging,
-        })
+        };
+        // A first collective outside any graph capture sets up NCCL's connections.
+        model.all_reduce(model.buf.scores.ptr, max_tokens)?;
+        model.finish()?;
+        if let (Some(comm), AllReduce::OneShot) = (&model.comm, rank.all_reduce) {
+            model.peer_sum = Some(PeerSum::new(&model.gpu, &mut comm.borrow_mut())?);
+        }
+        Ok(model)
+    }
+
+    /// Aborts this rank's communicator (collectives in flight return): the group failed
+    /// or is being torn down.
+    pub fn abort(&self) {
+        if let Some(comm) = &self.comm {
+            comm.borrow_mut().abort("the group was stopped".into());
+        }
+    }
+
+    /// This model's rank in its tensor-parallel group (0 on one GPU).
+    pub fn rank(&self) -> usize {
+        self.shard.rank
     }
 
     /// Bytes of weights on the device (what a batch-1 decode step must read).
@@ -243,18 +249,63 @@ impl CudaLlama {
         }
     }
 
+    /// Waits for the last step; with collectives, under the communicator's deadline
+    /// (a dead peer gives an error and an aborted communicator, not a hang).
+    pub fn finish(&self) -> Result<(), CudaError> {
+        match &self.comm {
+            Some(comm) => {
+                let mut comm = comm.borrow_mut();
+                let deadline = comm.deadline();
+                comm.wait(&self.gpu.stream, deadline)?;
+                match &self.peer_sum {
+                    Some(p) => p.check_peer(&self.gpu),
+                    None => Ok(()),
+                }
+            }
+            None => self.gpu.sync(),
+        }
+    }
+
+    /// The selected token (a global id) of each of the first `n` logits rows of the last
+    /// step, with its score: a rank's winner over its vocabulary slice.
+    pub fn sampled_scored(&self, n: usize) -> Result<(Vec<i32>, Vec<f32>), CudaError> {
+        self.finish()?;
+        let (mut ids, mut scores) = (vec![0i32; n], vec![0f32; n]);
+        self.gpu.download(&mut ids, self.buf.sampled.ptr)?;
+        self.gpu.download(&mut scores, self.buf.scores.ptr)?;
+        Ok((ids, scores))
+    }
+
     /// The selected token of each of the first `n` logits rows of the last step.
     pub fn sampled(&self, n: usize) -> Result<Vec<i32>, CudaError> {
-        let mut out = vec![0i32; n];
-        self.gpu.download(&mut out, self.buf.sampled.ptr)?;
+        Ok(self.sampled_scored(n)?.0)
+    }
+
+    /// The f32 logits of the first `n` rows of the last step, this rank's vocabulary
+    /// slice ([`CudaLlama::vocab_rows`]) per row.
+    pub fn logits(&self, n: usize) -> Result<Vec<f32>, CudaError> {
+        self.finish()?;
+        let mut out = vec![0f32; n * self.local.vocab_size];
+        self.gpu.download(&mut out, self.buf.logits.ptr)?;
         Ok(out)
     }
 
-    /// The f32 logits of the first `n` rows of the last step, `vocab` per row.
-    pub fn logits(&self, n: usize) -> Result<Vec<f32>, CudaError> {
-        let mut out = vec![0f32; n * self.config.vocab_size];
-        self.gpu.download(&mut out, self.buf.logits.ptr)?;
-        Ok(out)
+    /// The vocabulary rows this rank scores.
+    pub fn vocab_rows(&self) -> std::ops::Range<usize> {
+        self.vocab_start..self.vocab_start + self.local.vocab_size
+    }
+
+    /// Sums `count` f32 at `buf` over the ranks (nothing on one GPU).
+    fn all_reduce(&self, buf: u64, count: usize) -> Result<(), CudaError> {
+        if let Some(p) = self.peer_sum.as_ref().filter(|p| p.fits(count)) {
+            return p.sum(&self.gpu, buf, count);
+        }
+        match &self.comm {
+            Some(comm) => comm
+                .borrow_mut()
+                .all_reduce_f32(buf, count, &self.gpu.stream),
+            None => Ok(()),
+        }
     }
 
     /// Writes the step input into the staging buffer and uploads it; rows `n..padded`
@@ -334,9 +385,12 @@ impl CudaLlama {
 
     /// Enqueues a whole forward pass of `n` tokens with `n_logits` logits rows.
     fn enqueue(&self, n: usize, n_logits: usize) -> Result<(), CudaError> {
-        let (c, b, g) = (&self.config, &self.buf, &self.gpu);
+        let (c, b, g) = (&self.local, &self.buf, &self.gpu);
         let st = g.raw_stream();
         let (d, ff, ni) = (c.hidden_size, c.intermediate_size, n as i32);
+        // Row-parallel products: rank 0 adds its partial sum to the residual, the others
+        // write theirs alone, and the all-reduce of the residual sums them.
+        let first = self.shard.rank == 0;
         // SAFETY (every launcher call below): the buffers were sized in `load` for
         // max_tokens ≥ n rows of this config, and the input sections were uploaded by `pack`.
         check("embed", unsafe {
@@ -347,9 +401,12 @@ impl CudaLlama {
                 b.ptr_u16(&self.weights.embed),
                 b.resid.ptr as *mut f32,
                 d as i32,
+                self.vocab_start as i32,
+                c.vocab_size as i32,
                 plan_cuda::CUDA_ELEMWISE_THREADS as i32,
             )
         })?;
+        self.all_reduce(b.resid.ptr, n * d)?;
         for (i, w) in self.weights.layers.iter().enumerate() {
             self.rmsnorm(&w.attn_norm, std::ptr::null(), n)?;
             g.gemm(
@@ -371,8 +428,9 @@ impl CudaLlama {
                 n,
                 c.num_attention_heads * c.head_dim(),
                 true,
-                true,
+                first,
             )?;
+            self.all_reduce(b.resid.ptr, n * d)?;
             self.rmsnorm(&w.ffn_norm, std::ptr::null(), n)?;
             g.gemm(
                 w.w_gate_up.ptr,
@@ -394,7 +452,8 @@ impl CudaLlama {
                     plan_cuda::CUDA_ELEMWISE_THREADS as i32,
                 )
             })?;
-            g.gemm(w.w_down.ptr, b.ff.ptr, b.resid.ptr, d, n, ff, true, true)?;
+            g.gemm(w.w_down.ptr, b.ff.ptr, b.resid.ptr, d, n, ff, true, first)?;
+            self.all_reduce(b.resid.ptr, n * d)?;
         }
         if n_logits == 0 {
             return Ok(());
@@ -421,9 +480,11 @@ impl CudaLlama {
                 b.logits.ptr as *const f32,
                 n_logits as i32,
                 c.vocab_size as i32,
+                self.vocab_start as i32,
                 b.temps.ptr as *const f32,
                 b.seeds.ptr as *const u64,
                 b.sampled.ptr as *mut i32,
+                b.scores.ptr as *mut f32,
                 plan_cuda::CUDA_SAMPLE_THREADS as i32,
             )
         })
@@ -450,7 +511,7 @@ impl CudaLlama {
 
     /// RoPE, the K/V cache write and attention of layer `layer` for `n` tokens.
     fn attention(&self, layer: usize, n: usize) -> Result<(), CudaError> {
-        let (c, b, st) = (&self.config, &self.buf, self.gpu.raw_stream());
+        let (c, b, st) = (&self.local, &self.buf, self.gpu.raw_stream());
         let kc = b.k_cache.at(layer * self.layer_cache_bytes);
         let vc = b.v_cache.at(layer * self.layer_cache_bytes);
         let (h, kvh, hd, bs) = (

@@ -1,8 +1,10 @@
 //! Hugging Face safetensors (bf16) loaded straight into device memory, with the q/k/v
-//! and gate/up projections fused into one matrix each (one product instead of three).
+//! and gate/up projections fused into one matrix each (one product instead of three),
+//! each rank of a tensor-parallel group taking only its slice.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -11,32 +13,33 @@ use safetensors::{Dtype, SafeTensors};
 use super::CudaError;
 use super::config::HfConfig;
 use super::device::{DevBuf, Gpu};
+use crate::shard::Shard;
 
 /// One transformer block's weights on the device.
 pub struct LayerWeights {
     /// `input_layernorm` [d].
     pub attn_norm: DevBuf,
-    /// q, k and v stacked: [(heads + 2 kv_heads) · head_dim, d].
+    /// This rank's q, k and v rows stacked: [(heads + 2 kv_heads) · head_dim, d].
     pub wqkv: DevBuf,
-    /// `o_proj` [d, heads · head_dim].
+    /// This rank's columns of `o_proj`: [d, heads · head_dim].
     pub wo: DevBuf,
     /// `post_attention_layernorm` [d].
     pub ffn_norm: DevBuf,
-    /// gate and up stacked: [2 ff, d].
+    /// This rank's gate and up rows stacked: [2 ff, d].
     pub w_gate_up: DevBuf,
-    /// `down_proj` [d, ff].
+    /// This rank's columns of `down_proj`: [d, ff].
     pub w_down: DevBuf,
 }
 
 /// Every weight of the model on the device.
 pub struct Weights {
-    /// `embed_tokens` [vocab, d].
+    /// This rank's rows of `embed_tokens`: [vocab, d].
     pub embed: DevBuf,
     /// The blocks.
     pub layers: Vec<LayerWeights>,
     /// `model.norm` [d].
     pub norm: DevBuf,
-    /// `lm_head` [vocab, d], absent when tied to the embedding.
+    /// This rank's rows of `lm_head`: [vocab, d], absent when tied to the embedding.
     pub lm_head: Option<DevBuf>,
     /// Bytes of weights on the device.
     pub bytes: usize,
@@ -106,6 +109,27 @@ impl Files {
     }
 }
 
+/// One tensor's part that a rank holds: rows `rows` and columns `cols` of a
+/// `[n_rows, n_cols]` matrix (a norm vector is `n_cols == 1`).
+struct Part {
+    name: String,
+    n_rows: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+}
+
+impl Part {
+    /// Rows `rows` of every column (column-parallel and vocab-parallel slices).
+    fn rows(name: String, n_rows: usize, rows: Range<usize>) -> Self {
+        Self {
+            name,
+            n_rows,
+            rows,
+            cols: 0..0,
+        }
+    }
+}
+
 /// Loads tensors, possibly several stacked, into new device buffers.
 struct Loader<'a> {
     gpu: &'a Gpu,
@@ -114,43 +138,95 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// The named tensors stacked along their first axis; each is `[rows_i, cols]`.
-    fn stacked(&mut self, parts: &[(String, usize)], cols: usize) -> Result<DevBuf, CudaError> {
-        let total: usize = parts.iter().map(|(_, rows)| rows * cols * 2).sum();
+    /// The parts stacked along their first axis; every tensor is `[n_rows, n_cols]`, and a
+    /// part with an empty column range takes all columns.
+    fn stacked(&mut self, parts: &[Part], n_cols: usize) -> Result<DevBuf, CudaError> {
+        let width = |p: &Part| {
+            if p.cols.is_empty() {
+                n_cols
+            } else {
+                p.cols.len()
+            }
+        };
+        let total: usize = parts.iter().map(|p| p.rows.len() * width(p) * 2).sum();
         let buf = DevBuf::new(total)?;
         let mut offset = 0;
-        for (name, rows) in parts {
-            let shape: &[usize] = if cols == 1 { &[*rows] } else { &[*rows, cols] };
-            let data = self.files.tensor(name, shape)?;
-            self.gpu.upload(buf.at(offset), data)?;
-            // The source is a mapped file: wait before the next tensor pages in.
+        for p in parts {
+            let shape: &[usize] = if n_cols == 1 {
+                &[p.n_rows]
+            } else {
+                &[p.n_rows, n_cols]
+            };
+            let data = self.files.tensor(&p.name, shape)?;
+            let row_bytes = n_cols * 2;
+            let rows = &data[p.rows.start * row_bytes..p.rows.end * row_bytes];
+            if p.cols.is_empty() {
+                self.gpu.upload(buf.at(offset), rows)?;
+                offset += rows.len();
+            } else {
+                // A row-parallel slice: gather each row's columns on the host first.
+                let (c0, c1) = (p.cols.start * 2, p.cols.end * 2);
+                let gathered: Vec<u8> = rows
+                    .chunks_exact(row_bytes)
+                    .flat_map(|r| &r[c0..c1])
+                    .copied()
+                    .collect();
+                self.gpu.upload(buf.at(offset), &gathered)?;
+                offset += gathered.len();
+            }
+            // The source is a mapped file (or a host copy): wait before it goes away.
             self.gpu.sync()?;
-            offset += data.len();
         }
         self.bytes += total;
         Ok(buf)
     }
 
+    /// A whole tensor, `[rows, cols]`.
     fn one(&mut self, name: String, rows: usize, cols: usize) -> Result<DevBuf, CudaError> {
-        self.stacked(&[(name, rows)], cols)
+        self.stacked(&[Part::rows(name, rows, 0..rows)], cols)
+    }
+
+    /// Columns `cols` of every row of a `[rows, n_cols]` tensor.
+    fn columns(
+        &mut self,
+        name: String,
+        rows: usize,
+        n_cols: usize,
+        cols: Range<usize>,
+    ) -> Result<DevBuf, CudaError> {
+        let part = Part {
+            name,
+            n_rows: rows,
+            rows: 0..rows,
+            cols,
+        };
+        self.stacked(&[part], n_cols)
     }
 }
 
 impl Weights {
-    /// Loads `model*.safetensors` of `dir` for `config`.
-    pub fn load(gpu: &Gpu, dir: &Path, c: &HfConfig) -> Result<Self, CudaError> {
+    /// Loads the part of `model*.safetensors` of `dir` that `shard` holds (Megatron
+    /// split: q/k/v and gate/up by output rows, o and down by input columns, embedding
+    /// and LM head by vocabulary rows; norms whole). `Shard::new(0, 1)` is everything.
+    pub fn load(gpu: &Gpu, dir: &Path, c: &HfConfig, shard: Shard) -> Result<Self, CudaError> {
         let mut l = Loader {
             gpu,
             files: Files::open(dir)?,
             bytes: 0,
         };
-        let (d, hd) = (c.hidden_size, c.head_dim());
-        let (q_rows, kv_rows, ff) = (
-            c.num_attention_heads * hd,
-            c.num_key_value_heads * hd,
-            c.intermediate_size,
-        );
-        let embed = l.one("model.embed_tokens.weight".into(), c.vocab_size, d)?;
+        let (d, hd, ff) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+        let (h, kvh) = (c.num_attention_heads, c.num_key_value_heads);
+        let heads = |r: Range<usize>| r.start * hd..r.end * hd;
+        let (q, kv) = (heads(shard.q_heads(h)), heads(shard.kv_heads(kvh)));
+        let (f, vocab) = (shard.ffn(ff), shard.vocab(c.vocab_size));
+        let embed = l.stacked(
+            &[Part::rows(
+                "model.embed_tokens.weight".into(),
+                c.vocab_size,
+                vocab.clone(),
+            )],
+            d,
+        )?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
@@ -158,23 +234,32 @@ impl Weights {
                 attn_norm: l.one(p("input_layernorm"), d, 1)?,
                 wqkv: l.stacked(
                     &[
-                        (p("self_attn.q_proj"), q_rows),
-                        (p("self_attn.k_proj"), kv_rows),
-                        (p("self_attn.v_proj"), kv_rows),
+                        Part::rows(p("self_attn.q_proj"), h * hd, q.clone()),
+                        Part::rows(p("self_attn.k_proj"), kvh * hd, kv.clone()),
+                        Part::rows(p("self_attn.v_proj"), kvh * hd, kv.clone()),
                     ],
                     d,
                 )?,
-                wo: l.one(p("self_attn.o_proj"), d, q_rows)?,
+                wo: l.columns(p("self_attn.o_proj"), d, h * hd, q.clone())?,
                 ffn_norm: l.one(p("post_attention_layernorm"), d, 1)?,
-                w_gate_up: l.stacked(&[(p("mlp.gate_proj"), ff), (p("mlp.up_proj"), ff)], d)?,
-                w_down: l.one(p("mlp.down_proj"), d, ff)?,
+                w_gate_up: l.stacked(
+                    &[
+                        Part::rows(p("mlp.gate_proj"), ff, f.clone()),
+                        Part::rows(p("mlp.up_proj"), ff, f.clone()),
+                    ],
+                    d,
+                )?,
+                w_down: l.columns(p("mlp.down_proj"), d, ff, f.clone())?,
             });
         }
         let norm = l.one("model.norm.weight".into(), d, 1)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(l.one("lm_head.weight".into(), c.vocab_size, d)?)
+            Some(l.stacked(
+                &[Part::rows("lm_head.weight".into(), c.vocab_size, vocab)],
+                d,
+            )?)
         };
         Ok(Self {
             embed,
