@@ -241,6 +241,12 @@ impl Search<'_> {
         if !eval.violated.is_empty() {
             eprintln!("  constraints violated: {}", eval.violated.join(", "));
         }
+        if !eval.incumbent_violated.is_empty() {
+            eprintln!(
+                "  the incumbent violated: {}",
+                eval.incumbent_violated.join(", ")
+            );
+        }
         let objective = median(&eval.candidate.objective(&metric));
         let mut metrics = key_metrics(&eval.candidate.medians(), &metric);
         metrics.insert("ratio_vs_best".into(), eval.ratio);
@@ -358,14 +364,17 @@ impl Search<'_> {
     }
 }
 
-/// The verdict the Evaluator's numbers give.
+/// The verdict the Evaluator's numbers give: feasibility first, then the objective
+/// beyond the noise (see [`crate::evaluate`]).
 pub fn verdict_of(eval: &Evaluation) -> Verdict {
-    if !eval.violated.is_empty() {
-        Verdict::RejectedConstraint
-    } else if eval.beats_noise {
-        Verdict::Accepted
-    } else {
-        Verdict::RejectedRegression
+    let feasible = eval.violated.is_empty();
+    let incumbent_feasible = eval.incumbent_violated.is_empty();
+    match (feasible, incumbent_feasible) {
+        (true, false) => Verdict::Accepted,
+        (true, true) if eval.beats_noise => Verdict::Accepted,
+        (true, true) => Verdict::RejectedRegression,
+        (false, false) if eval.violation_shrinks => Verdict::Accepted,
+        (false, _) => Verdict::RejectedConstraint,
     }
 }
 
