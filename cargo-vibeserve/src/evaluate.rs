@@ -222,12 +222,7 @@ impl Evaluator {
             && !iv.is_empty()
             && cv.iter().copied().fold(f64::NEG_INFINITY, f64::max)
                 < iv.iter().copied().fold(f64::INFINITY, f64::min);
-        let mut hints = hints(&candidate.medians());
-        hints.suggest = suggest(
-            hints.dominant,
-            self.manifest.hardware.device(),
-            self.concurrency(),
-        );
+        let hints = self.hints(&candidate);
         Evaluation {
             candidate,
             incumbent,
@@ -260,6 +255,18 @@ impl Evaluator {
         });
         drop(process);
         Ok(result.metrics)
+    }
+
+    /// The planner's hints from one server's measurement: the dominant stage and the
+    /// skills worth trying for it.
+    pub fn hints(&self, measured: &Measurement) -> Hints {
+        let mut hints = hints(&measured.medians());
+        hints.suggest = suggest(
+            hints.dominant,
+            self.manifest.hardware.device(),
+            self.concurrency(),
+        );
+        hints
     }
 
     /// Requests the workload keeps in flight: its closed-loop concurrency (an open loop's
