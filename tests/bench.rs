@@ -202,6 +202,7 @@ fn config(url: &str, requests: usize, concurrency: usize) -> BenchConfig {
             seed: 0,
         },
         warmup: 0,
+        continuous_warmup: false,
         stop: Stop::Requests(requests),
         request_timeout: Duration::from_secs(10),
         stall_timeout: Duration::from_millis(400),
@@ -400,6 +401,49 @@ async fn warm_up_requests_are_sent_but_not_measured() {
         received += 1;
     }
     assert_eq!(received, 5);
+}
+
+/// The second request is a 0.5 s stream, every other one a single token.
+fn one_slow_warm_up(n: usize) -> Script {
+    if n == 1 {
+        Script::Stream {
+            tokens: 100,
+            gap: Duration::from_millis(5),
+            usage: true,
+        }
+    } else {
+        stream(1, true)
+    }
+}
+
+#[tokio::test]
+async fn a_continuous_warm_up_hands_its_free_slots_to_the_measured_requests() {
+    let server = serve(one_slow_warm_up).await;
+    let mut drained = config(&server.url, 2, 2);
+    drained.warmup = 2;
+    let began = std::time::Instant::now();
+    let result = bounded_run(&drained).await;
+    assert_eq!(result.records.len(), 2);
+    assert!(
+        began.elapsed() >= Duration::from_millis(500),
+        "waited for the warm-up"
+    );
+
+    let server = serve(one_slow_warm_up).await;
+    let mut continuous = config(&server.url, 2, 2);
+    continuous.warmup = 2;
+    continuous.continuous_warmup = true;
+    let began = std::time::Instant::now();
+    let result = bounded_run(&continuous).await;
+    // The measured requests ran in the fast warm-up request's slot while the slow one
+    // still streamed; it is abandoned, not measured.
+    assert_eq!(result.records.len(), 2);
+    assert!(result.records.iter().all(|r| r.output_tokens == 1));
+    assert!(
+        began.elapsed() < Duration::from_millis(400),
+        "took {:?}",
+        began.elapsed()
+    );
 }
 
 #[tokio::test]

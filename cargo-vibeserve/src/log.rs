@@ -26,6 +26,9 @@ pub struct LogArgs {
     pub state_dir: Option<PathBuf>,
 }
 
+/// The metric an attempt records: its objective over the best's, measured interleaved.
+pub const RATIO_METRIC: &str = "ratio_vs_best";
+
 /// The chart's file name, beside `state.git`.
 pub const CHART_FILE: &str = "rounds.svg";
 const WIDTH: f64 = 640.0;
@@ -70,8 +73,12 @@ pub fn table(attempts: &[StoredAttempt], objective: &str) -> String {
     let mut best: Option<f64> = None;
     for a in attempts {
         let r = &a.record;
-        let change = match (r.objective, best) {
-            (Some(o), Some(b)) if b != 0.0 => format!("{:+.1}%", (o / b - 1.0) * 100.0),
+        // The ratio measured against the best interleaved in the same round; a change
+        // against the best's own round would compare two different moments' machine load.
+        let ratio = r.metrics.get(RATIO_METRIC).copied();
+        let change = match (ratio, r.objective, best) {
+            (Some(x), _, _) => format!("{:+.1}%", (x - 1.0) * 100.0),
+            (None, Some(o), Some(b)) if b != 0.0 => format!("{:+.1}%", (o / b - 1.0) * 100.0),
             _ => "-".into(),
         };
         let _ = writeln!(
@@ -251,6 +258,11 @@ mod tests {
         assert!(lines[2].ends_with("+10.0%"), "{}", lines[2]);
         assert!(lines[3].ends_with("-10.0%"), "{}", lines[3]);
         assert!(lines[4].contains("rejected-build") && lines[4].ends_with('-'));
+        // A round measured interleaved shows that ratio, not a change across time.
+        let mut measured = attempt(4, Verdict::Accepted, Some(90.0));
+        measured.record.metrics.insert(RATIO_METRIC.into(), 1.025);
+        let text = table(&[rounds[0].clone(), measured], "max output_tokens_per_s");
+        assert!(text.lines().nth(2).unwrap().ends_with("+2.5%"), "{text}");
         let chart = svg(&rounds, "max output_tokens_per_s");
         assert_eq!(
             chart.matches("<circle").count(),

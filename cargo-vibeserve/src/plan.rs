@@ -147,6 +147,10 @@ impl KernelVariant {
 pub struct KernelsPlan {
     /// Activation rows dotted against each unpacked weight block (the register tile).
     pub act_tile: usize,
+    /// Weight rows sharing each loaded activation block in the AVX2 `Q4_1`/`Q8_0`
+    /// products (the other side of the register tile; 1: one row at a time).
+    #[serde(default = "default_row_tile")]
+    pub row_tile: usize,
     /// Output rows a thread claims at a time in a matrix product.
     pub matmul_row_chunk: usize,
     /// Weight rows ahead of the current one that the kernels prefetch (0: none).
@@ -189,6 +193,11 @@ pub struct KvCachePlan {
 /// Round 0 caches prefixes: chat prompts share their template's system prompt, and a
 /// repeated prompt (a retry, a benchmark's next pass) costs only its last block.
 pub const DEFAULT_PREFIX_CACHE: bool = true;
+
+/// Plans written before `row_tile` existed used the two-row tile.
+fn default_row_tile() -> usize {
+    DEFAULT_KERNELS.row_tile
+}
 
 fn default_prefix_cache() -> bool {
     DEFAULT_PREFIX_CACHE
@@ -251,6 +260,7 @@ pub const DEFAULT_SERVING: ServingPlan = ServingPlan {
 /// Round 0's kernel tiling: measured on a 2-core AVX-512 machine with SmolLM2-135M.
 pub const DEFAULT_KERNELS: KernelsPlan = KernelsPlan {
     act_tile: 4,
+    row_tile: 2,
     matmul_row_chunk: 32,
     prefetch_rows: 4,
     pool_spin: 20_000,
@@ -440,6 +450,7 @@ impl Plan {
                 self.device.kernel_variant.rust_path().to_string(),
             ),
             c("ACT_TILE", int_literal(self.kernels.act_tile as u64)),
+            c("ROW_TILE", int_literal(self.kernels.row_tile as u64)),
             c(
                 "MATMUL_ROW_CHUNK",
                 int_literal(self.kernels.matmul_row_chunk as u64),

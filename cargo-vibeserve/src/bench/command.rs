@@ -120,6 +120,10 @@ pub struct BenchArgs {
     /// Unmeasured warm-up requests before each run.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Send the measured requests as warm-up requests finish, in one closed loop (the
+    /// Evaluator's steady state), instead of after the warm-up drained.
+    #[arg(long)]
+    pub continuous_warmup: bool,
     /// Seconds one request may take, start to end of stream.
     #[arg(long, default_value_t = 300.0)]
     pub request_timeout: f64,
@@ -346,6 +350,7 @@ fn base_config(
             seed: args.seed.or(poisson.map(|(_, seed)| seed)).unwrap_or(0),
         },
         warmup: args.warmup,
+        continuous_warmup: args.continuous_warmup,
         stop,
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         stall_timeout: seconds("stall-timeout", args.stall_timeout)?,

@@ -59,6 +59,12 @@ pub struct BenchConfig {
     pub arrival: Arrival,
     /// Warm-up requests sent first (taken from the end of the workload) and not measured.
     pub warmup: usize,
+    /// Whether the measured requests follow the warm-up in the same closed loop, each
+    /// sent as a warm-up request frees its slot, instead of after the warm-up drained.
+    /// With a warm-up of at least `max_concurrency` requests the measured part then
+    /// starts in steady state rather than with `max_concurrency` simultaneous arrivals
+    /// on an idle server, whose prefill burst would dominate the tail of TTFT.
+    pub continuous_warmup: bool,
     /// When to stop.
     pub stop: Stop,
     /// Limit on one request, from sending to the end of its stream.
@@ -96,15 +102,22 @@ pub async fn run(config: &BenchConfig, cancel: &CancellationToken) -> BenchResul
     let n = config.workload.requests.len();
     let warmup: Vec<usize> = (0..config.warmup).map(|i| n - 1 - i % n).collect();
     let bar = progress_bar(config.progress, config.warmup as u64, "warm-up");
+    let slots = Arc::new(Semaphore::new(config.arrival.max_concurrency.max(1)));
     let plan = Dispatch {
         client: &client,
         config,
         model: model.as_deref(),
         bar: &bar,
+        slots: &slots,
     };
-    plan.dispatch(warmup.into_iter(), Stop::Requests(config.warmup), cancel)
-        .await;
-    bar.finish_and_clear();
+    let mut warming = plan
+        .send(warmup.into_iter(), Stop::Requests(config.warmup), cancel)
+        .await
+        .in_flight;
+    if !config.continuous_warmup {
+        plan.collect(&mut warming, cancel).await;
+        bar.finish_and_clear();
+    }
     let measured = match config.stop {
         Stop::Requests(count) => progress_bar(config.progress, count as u64, "requests"),
         Stop::Duration(_) => progress_bar(config.progress, 0, "requests"),
@@ -113,9 +126,19 @@ pub async fn run(config: &BenchConfig, cancel: &CancellationToken) -> BenchResul
         bar: &measured,
         ..plan
     };
-    let start = Instant::now();
-    let (records, interrupted) = plan.dispatch((0..n).cycle(), config.stop, cancel).await;
+    let sent = plan.send((0..n).cycle(), config.stop, cancel).await;
+    // A continuous phase waits for warm-up slots before its first send.
+    let start = if config.continuous_warmup {
+        sent.first_send
+    } else {
+        sent.began
+    };
+    let mut in_flight = sent.in_flight;
+    let (records, interrupted) = plan.collect(&mut in_flight, cancel).await;
     let duration = start.elapsed();
+    // Warm-up requests still running are not measured; stop waiting for them.
+    warming.abort_all();
+    bar.finish_and_clear();
     measured.finish_and_clear();
     let metrics = Metrics::compute(&records, duration, &config.slos);
     BenchResult::new(RunInfo::of(config, model, interrupted), metrics, records)
@@ -172,19 +195,31 @@ struct Dispatch<'a> {
     config: &'a BenchConfig,
     model: Option<&'a str>,
     bar: &'a ProgressBar,
+    /// The closed loop's slots, shared by the warm-up and the measured phase.
+    slots: &'a Arc<Semaphore>,
+}
+
+/// Requests sent by one phase and still to be collected.
+struct Sent {
+    /// The requests' tasks, each yielding its sending index and record.
+    in_flight: JoinSet<(usize, RequestRecord)>,
+    /// When the phase began.
+    began: Instant,
+    /// When its first request was sent (when it began, if none was).
+    first_send: Instant,
 }
 
 impl Dispatch<'_> {
-    /// Send the workload requests at `indices` until `stop`; returns the records of the
-    /// finished requests, in sending order, and whether `cancel` cut the phase short.
-    async fn dispatch(
+    /// Send the workload requests at `indices` until `stop`, each once a slot is free;
+    /// returns without waiting for them to finish.
+    async fn send(
         self,
         mut indices: impl Iterator<Item = usize>,
         stop: Stop,
         cancel: &CancellationToken,
-    ) -> (Vec<RequestRecord>, bool) {
+    ) -> Sent {
         let start = Instant::now();
-        let slots = Arc::new(Semaphore::new(self.config.arrival.max_concurrency.max(1)));
+        let mut first_send = None;
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.arrival.seed);
         let mut next_arrival = start;
         let mut in_flight = JoinSet::new();
@@ -192,7 +227,7 @@ impl Dispatch<'_> {
         loop {
             let more = match stop {
                 Stop::Requests(count) => sent < count,
-                Stop::Duration(limit) => start.elapsed() < limit,
+                Stop::Duration(limit) => first_send.unwrap_or(start).elapsed() < limit,
             };
             let Some(index) = indices.next().filter(|_| more) else {
                 break;
@@ -207,10 +242,11 @@ impl Dispatch<'_> {
                 }
             }
             let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit,
+                permit = self.slots.clone().acquire_owned() => permit,
                 () = cancel.cancelled() => break,
             };
             let Ok(permit) = permit else { break };
+            first_send.get_or_insert_with(Instant::now);
             let (client, model, bar) = (
                 self.client.clone(),
                 self.model.map(str::to_owned),
@@ -225,14 +261,28 @@ impl Dispatch<'_> {
             });
             sent += 1;
         }
-        let mut records = Vec::with_capacity(sent);
+        Sent {
+            in_flight,
+            began: start,
+            first_send: first_send.unwrap_or(start),
+        }
+    }
+
+    /// Waits for the requests of `in_flight`: their records in sending order, and
+    /// whether `cancel` cut the wait short (what was in flight is then abandoned).
+    async fn collect(
+        self,
+        in_flight: &mut JoinSet<(usize, RequestRecord)>,
+        cancel: &CancellationToken,
+    ) -> (Vec<RequestRecord>, bool) {
+        let mut records = Vec::with_capacity(in_flight.len());
         tokio::select! {
-            () = collect(&mut in_flight, &mut records) => {}
+            () = collect(in_flight, &mut records) => {}
             () = cancel.cancelled() => {}
         }
         // After a cancel: abandon what is in flight, keep what had finished.
         in_flight.abort_all();
-        collect(&mut in_flight, &mut records).await;
+        collect(in_flight, &mut records).await;
         records.sort_by_key(|(i, _)| *i);
         let records = records.into_iter().map(|(_, r)| r).collect();
         (records, cancel.is_cancelled())

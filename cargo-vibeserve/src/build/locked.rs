@@ -43,7 +43,8 @@ pub fn run(prepared: &Prepared, work: &Path, relock: bool) -> Result<(), BuildEr
     let files = step("regenerate", || generate(&replayed.plan))?;
     let files = with_patches(files, &replayed.patches, &manifest.dir)?;
     check_tree(prepared, work, &lock, &files)?;
-    finish(prepared, work, &files)?;
+    let reference = (!lock.rounds.is_empty()).then_some(&round0);
+    finish(prepared, work, &files, reference)?;
     println!(
         "{}: locked server reproduced ({} accepted rounds, tree {})",
         manifest.target.name,
@@ -79,6 +80,7 @@ fn relock_run(
         prepared,
         work,
         &with_patches(generate(&plan)?, &patches, dir)?,
+        (!rounds.is_empty()).then_some(round0),
     )?;
     new.write(&lock_path(&prepared.manifest.path))?;
     println!(
@@ -181,26 +183,45 @@ fn short(digest: &str) -> &str {
 }
 
 /// Writes, compiles and (where the hardware is here) judges the final crate, and copies
-/// its binary to the target's `best/server`.
-fn finish(prepared: &Prepared, work: &Path, files: &FileSet) -> Result<(), BuildError> {
+/// its binary to the target's `best/server`. `reference` is round 0's plan when the
+/// final crate is not round 0 itself: its server is built too, as the trusted reference
+/// of the memorised-answers probe (round 0 alone is the template, which that probe has
+/// nothing to compare against).
+fn finish(
+    prepared: &Prepared,
+    work: &Path,
+    files: &FileSet,
+    reference: Option<&Plan>,
+) -> Result<(), BuildError> {
     let dir = prepared.server_dir();
-    files.write(&dir)?;
     let target_dir = compile::target_dir(&prepared.vibeserve_dir);
+    let judged = !(prepared.manifest.hardware.device() == Device::Cuda && !cuda_present());
+    // Round 0 first: the crate left on disk is then the final one.
+    let reference = match reference.filter(|_| judged) {
+        Some(plan) => {
+            generate(plan)?.write(&dir)?;
+            let out = super::rounds::round_bin(work, 0);
+            let bin = step("compile round 0 (the reference)", || {
+                compile::compile(&dir, &target_dir, &out)
+            })?;
+            Some(Candidate::binary(&bin))
+        }
+        None => None,
+    };
+    files.write(&dir)?;
     let bin = step("compile", || {
         compile::compile(&dir, &target_dir, &best_bin(prepared))
     })?;
-    if prepared.manifest.hardware.device() == Device::Cuda && !cuda_present() {
+    if !judged {
         println!("judge skipped: no CUDA device");
         return Ok(());
     }
-    // No round-0 server is built here, so the memorised-answers probe (which compares
-    // against it) does not run; the target's check and the other probes do.
     let mut judge = Judge::new(
         &prepared.manifest,
         &prepared.model_path,
         gguf(prepared)?,
         work,
-        None,
+        reference,
     )?;
     let verdict = step("judge", || judge.judge(&Candidate::binary(&bin)))?;
     if !verdict.passed() {

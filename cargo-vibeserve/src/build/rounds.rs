@@ -152,6 +152,8 @@ impl Search<'_> {
             plan,
             objective,
         );
+        // Round 1 is planned from round 0's figures, like every later round.
+        self.write_hints(&self.evaluator.hints(&measured))?;
         self.write_lock(&history)?;
         abort_if_asked(0);
         Ok(history)
@@ -241,9 +243,15 @@ impl Search<'_> {
         if !eval.violated.is_empty() {
             eprintln!("  constraints violated: {}", eval.violated.join(", "));
         }
+        if !eval.incumbent_violated.is_empty() {
+            eprintln!(
+                "  the incumbent violated: {}",
+                eval.incumbent_violated.join(", ")
+            );
+        }
         let objective = median(&eval.candidate.objective(&metric));
         let mut metrics = key_metrics(&eval.candidate.medians(), &metric);
-        metrics.insert("ratio_vs_best".into(), eval.ratio);
+        metrics.insert(crate::log::RATIO_METRIC.into(), eval.ratio);
         let reason = (verdict != Verdict::Accepted).then(|| eval.summary(&metric));
         Ok((verdict, objective, metrics, Some(eval.hints), reason))
     }
@@ -280,10 +288,22 @@ impl Search<'_> {
         self.ensure_bin(history, best.round)?;
         let out = best_bin(self.prepared);
         copy_bin(&round_bin(self.work, best.round), &out)?;
-        let first = history.attempts.first().and_then(|a| a.objective);
-        let ratio = match (best.objective, first) {
-            (Some(b), Some(f)) if f != 0.0 => format!(", x{:.3} vs round 0", b / f),
-            _ => String::new(),
+        // Each accepted round was measured interleaved against the best before it, so
+        // the product of those ratios is the final server against round 0 with the
+        // machine's drift between rounds cancelled.
+        let accepted: Vec<f64> = self
+            .state
+            .attempts()?
+            .iter()
+            .filter(|a| a.record.verdict == Verdict::Accepted)
+            .filter_map(|a| a.record.metrics.get(crate::log::RATIO_METRIC).copied())
+            .collect();
+        let ratio = match accepted.is_empty() {
+            true => String::new(),
+            false => format!(
+                ", x{:.3} vs round 0 (interleaved ratios of the accepted rounds, multiplied)",
+                accepted.iter().product::<f64>()
+            ),
         };
         println!(
             "best: round {} ({}{ratio}); server {}",
@@ -358,14 +378,17 @@ impl Search<'_> {
     }
 }
 
-/// The verdict the Evaluator's numbers give.
+/// The verdict the Evaluator's numbers give: feasibility first, then the objective
+/// beyond the noise (see [`crate::evaluate`]).
 pub fn verdict_of(eval: &Evaluation) -> Verdict {
-    if !eval.violated.is_empty() {
-        Verdict::RejectedConstraint
-    } else if eval.beats_noise {
-        Verdict::Accepted
-    } else {
-        Verdict::RejectedRegression
+    let feasible = eval.violated.is_empty();
+    let incumbent_feasible = eval.incumbent_violated.is_empty();
+    match (feasible, incumbent_feasible) {
+        (true, false) => Verdict::Accepted,
+        (true, true) if eval.beats_noise => Verdict::Accepted,
+        (true, true) => Verdict::RejectedRegression,
+        (false, false) if eval.violation_shrinks => Verdict::Accepted,
+        (false, _) => Verdict::RejectedConstraint,
     }
 }
 
@@ -411,6 +434,59 @@ fn abort_if_asked(round: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn eval(violated: bool, incumbent_violated: bool, beats: bool, shrinks: bool) -> Evaluation {
+        let none = crate::evaluate::Measurement { reps: Vec::new() };
+        let broken = |b: bool| {
+            if b {
+                vec!["p99_ttft_ms <= 2000".to_string()]
+            } else {
+                vec![]
+            }
+        };
+        Evaluation {
+            candidate: none.clone(),
+            incumbent: none,
+            ratio: 1.0,
+            beats_noise: beats,
+            violated: broken(violated),
+            incumbent_violated: broken(incumbent_violated),
+            violation_shrinks: shrinks,
+            hints: Hints::default(),
+        }
+    }
+
+    #[test]
+    fn feasibility_comes_first_then_the_objective_beyond_the_noise() {
+        // Feasible against an infeasible incumbent: accepted even without a faster objective.
+        assert_eq!(
+            verdict_of(&eval(false, true, false, false)),
+            Verdict::Accepted
+        );
+        // Both feasible: only a gain beyond the noise.
+        assert_eq!(
+            verdict_of(&eval(false, false, true, false)),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict_of(&eval(false, false, false, false)),
+            Verdict::RejectedRegression
+        );
+        // Infeasible against a feasible incumbent: never, however fast.
+        assert_eq!(
+            verdict_of(&eval(true, false, true, true)),
+            Verdict::RejectedConstraint
+        );
+        // Both infeasible: a violation smaller beyond the noise wins.
+        assert_eq!(
+            verdict_of(&eval(true, true, false, true)),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict_of(&eval(true, true, true, false)),
+            Verdict::RejectedConstraint
+        );
+    }
 
     #[test]
     fn round_binaries_are_kept_apart() {

@@ -44,6 +44,10 @@ pub const KERNEL_VARIANT: KernelVariant = KernelVariant::Auto;
 /// Activation rows dotted against each unpacked weight block in the SIMD
 /// kernels (a register tile: 4 accumulators of 8 or 16 lanes each).
 pub const ACT_TILE: usize = 4;
+/// Weight rows sharing each loaded activation block in the AVX2 `Q4_1` and
+/// `Q8_0` products: two rows × `ACT_TILE` accumulators fit AVX2's 16 `ymm`
+/// registers with the unpacked weights; 1 is the plain one-row loop.
+pub const ROW_TILE: usize = 2;
 /// Output rows per task a thread claims in a matrix product: small enough
 /// to balance 2 threads on the 192-row k/v matrices, large enough that the
 /// atomic claim is noise next to the work.

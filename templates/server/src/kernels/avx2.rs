@@ -5,7 +5,7 @@
 
 use super::matmul::OutRows;
 use super::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
-use crate::plan::{ACT_TILE, PREFETCH_ROWS};
+use crate::plan::{ACT_TILE, PREFETCH_ROWS, ROW_TILE};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -98,20 +98,23 @@ macro_rules! tiles {
     };
 }
 
-/// The pair loop of the formats with a two-row tile: pairs of weight rows against
-/// full activation tiles with `$pair(w, kb, a, r, b0)`, the leftover activation
-/// rows of each pair and a last odd row through the one-row `$tile`.
-macro_rules! pairs {
-    ($rows:expr, $n_act:expr, $out:expr, $w:expr, $kb:expr, $a:expr, $pair:ident, $tile:ident) => {
+/// The row-tile loop of the formats with a multi-row tile: [`ROW_TILE`] weight rows
+/// at a time against full activation tiles with `$rows_tile(w, kb, a, r, b0)`, the
+/// leftover activation rows of each group and the last rows (fewer than a tile)
+/// through the one-row `$tile`. A row tile of 1 is the one-row loop alone.
+macro_rules! row_tiles {
+    ($rows:expr, $n_act:expr, $out:expr, $w:expr, $kb:expr, $a:expr, $rows_tile:ident, $tile:ident) => {
         let full = $n_act / ACT_TILE * ACT_TILE;
         let mut r = $rows.start;
-        while ACT_TILE > 1 && full > 0 && r + 2 <= $rows.end {
+        while ROW_TILE > 1 && ACT_TILE > 1 && full > 0 && r + ROW_TILE <= $rows.end {
             if PREFETCH_ROWS > 0 {
-                let ahead = (r + 1 + PREFETCH_ROWS).min($w.len() / $kb - 1);
-                prefetch(&$w[ahead.saturating_sub(1) * $kb..(ahead + 1) * $kb]);
+                // The group `PREFETCH_ROWS` rows ahead: every row is asked for once.
+                let ahead = (r + ROW_TILE - 1 + PREFETCH_ROWS).min($w.len() / $kb - 1);
+                let first = ahead.saturating_sub(ROW_TILE - 1);
+                prefetch(&$w[first * $kb..(ahead + 1) * $kb]);
             }
             for b in (0..full).step_by(ACT_TILE) {
-                let s = $pair($w, $kb, $a, r, b);
+                let s = $rows_tile($w, $kb, $a, r, b);
                 for (k, sk) in s.iter().enumerate() {
                     for (j, &v) in sk.iter().enumerate() {
                         // SAFETY: the caller hands each thread a disjoint range of rows.
@@ -119,14 +122,14 @@ macro_rules! pairs {
                     }
                 }
             }
-            for row in r..r + 2 {
+            for row in r..r + ROW_TILE {
                 for b in full..$n_act {
                     let v = $tile::<1>($w, $kb, $a, row, b, 1)[0];
                     // SAFETY: as above.
                     unsafe { $out.set(b, row, v) };
                 }
             }
-            r += 2;
+            r += ROW_TILE;
         }
         tiles!(r..$rows.end, $n_act, $out, $w, $kb, $tile($w, $kb, $a));
     };
@@ -167,32 +170,38 @@ fn tile_q4_1<const T: usize>(
     std::array::from_fn(|j| hsum(acc[j]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[j])))
 }
 
-/// Weight rows `r` and `r + 1` against activation rows `b0..b0 + ACT_TILE`: per
+/// Weight rows `r..r + ROW_TILE` against activation rows `b0..b0 + ACT_TILE`: per
 /// (row, activation) pair exactly the operations of [`tile_q4_1`], in the same
 /// order (so the same sums, bit for bit), but each activation block is loaded
-/// once for both weight rows and its scales once for all of them. Batched steps
-/// are compute-bound, and this halves the loads and scale set-up per product.
+/// once for all the weight rows and its scales once for all of them. Batched steps
+/// are compute-bound, and this divides the loads and scale set-up per product by
+/// the row tile, at the price of `ROW_TILE × ACT_TILE` accumulator registers.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile2_q4_1(
+fn rows_q4_1(
     w: &[BlockQ4_1],
     kb: usize,
     a: &[BlockQ8_1],
     r: usize,
     b0: usize,
-) -> [[f32; ACT_TILE]; 2] {
-    let mut acc = [[_mm256_setzero_ps(); ACT_TILE]; 2];
-    let mut mins = [[0.0f32; ACT_TILE]; 2];
-    let (w0, w1) = (&w[r * kb..(r + 1) * kb], &w[(r + 1) * kb..(r + 2) * kb]);
-    for (i, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
-        // SAFETY: AVX2 is enabled on this function; the blocks are in bounds.
-        let wv = unsafe { [unpack_nibbles(&wb0.qs), unpack_nibbles(&wb1.qs)] };
-        let dm = [(h2f(wb0.d), h2f(wb0.m)), (h2f(wb1.d), h2f(wb1.m))];
+) -> [[f32; ACT_TILE]; ROW_TILE] {
+    let mut acc = [[_mm256_setzero_ps(); ACT_TILE]; ROW_TILE];
+    let mut mins = [[0.0f32; ACT_TILE]; ROW_TILE];
+    let rows = &w[r * kb..(r + ROW_TILE) * kb];
+    for i in 0..kb {
+        let mut wv = [_mm256_setzero_si256(); ROW_TILE];
+        let mut dm = [(0.0f32, 0.0f32); ROW_TILE];
+        for k in 0..ROW_TILE {
+            let wb = &rows[k * kb + i];
+            // SAFETY: AVX2 is enabled on this function; the block is in bounds.
+            wv[k] = unsafe { unpack_nibbles(&wb.qs) };
+            dm[k] = (h2f(wb.d), h2f(wb.m));
+        }
         for j in 0..ACT_TILE {
             let ab = &a[(b0 + j) * kb + i];
             // SAFETY: as above.
             let av = unsafe { load32(&ab.qs) };
-            for k in 0..2 {
+            for k in 0..ROW_TILE {
                 let p = dot_u8_i8(wv[k], av);
                 mins[k][j] += dm[k].1 * ab.s;
                 let scale = _mm256_set1_ps(dm[k].0 * ab.d);
@@ -203,8 +212,8 @@ fn tile2_q4_1(
     std::array::from_fn(|k| std::array::from_fn(|j| hsum(acc[k][j]) + mins[k][j]))
 }
 
-/// `Q4_1` weights × `Q8_1` activations for output rows `rows`: pairs of weight
-/// rows against full activation tiles, the rest one row at a time.
+/// `Q4_1` weights × `Q8_1` activations for output rows `rows`: groups of
+/// [`ROW_TILE`] weight rows against full activation tiles, the rest one row at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; slices hold `kb` blocks per row.
@@ -217,7 +226,7 @@ pub unsafe fn gemm_q4_1(
     n_act: usize,
     out: &OutRows,
 ) {
-    pairs!(rows, n_act, out, w, kb, a, tile2_q4_1, tile_q4_1);
+    row_tiles!(rows, n_act, out, w, kb, a, rows_q4_1, tile_q4_1);
 }
 
 /// One tile of [`gemm_q4_0`]: weight row `r` against activation rows `b0..b0 + t` (`t <= T`).
@@ -297,34 +306,38 @@ fn tile_q8_0<const T: usize>(
     std::array::from_fn(|j| hsum(acc[j]))
 }
 
-/// Weight rows `r` and `r + 1` against activation rows `b0..b0 + ACT_TILE`: per pair
-/// exactly the operations of [`tile_q8_0`], in the same order (the same sums, bit
-/// for bit), each activation block loaded and its scale converted once for both rows.
+/// Weight rows `r..r + ROW_TILE` against activation rows `b0..b0 + ACT_TILE`: per
+/// pair exactly the operations of [`tile_q8_0`], in the same order (the same sums,
+/// bit for bit), each activation block loaded and its scale converted once for all
+/// the weight rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn tile2_q8_0(
+fn rows_q8_0(
     w: &[BlockQ8_0],
     kb: usize,
     a: &[BlockQ8_0],
     r: usize,
     b0: usize,
-) -> [[f32; ACT_TILE]; 2] {
-    let mut acc = [[_mm256_setzero_ps(); ACT_TILE]; 2];
-    let (w0, w1) = (&w[r * kb..(r + 1) * kb], &w[(r + 1) * kb..(r + 2) * kb]);
-    for (i, (wb0, wb1)) in w0.iter().zip(w1).enumerate() {
-        // SAFETY: AVX2 is enabled on this function; the blocks are in bounds.
-        let wv = unsafe { [load32(&wb0.qs), load32(&wb1.qs)] };
-        let wabs = [
-            _mm256_sign_epi8(wv[0], wv[0]),
-            _mm256_sign_epi8(wv[1], wv[1]),
-        ];
-        let dw = [h2f(wb0.d), h2f(wb1.d)];
+) -> [[f32; ACT_TILE]; ROW_TILE] {
+    let mut acc = [[_mm256_setzero_ps(); ACT_TILE]; ROW_TILE];
+    let rows = &w[r * kb..(r + ROW_TILE) * kb];
+    for i in 0..kb {
+        let mut wv = [_mm256_setzero_si256(); ROW_TILE];
+        let mut wabs = [_mm256_setzero_si256(); ROW_TILE];
+        let mut dw = [0.0f32; ROW_TILE];
+        for k in 0..ROW_TILE {
+            let wb = &rows[k * kb + i];
+            // SAFETY: AVX2 is enabled on this function; the block is in bounds.
+            wv[k] = unsafe { load32(&wb.qs) };
+            wabs[k] = _mm256_sign_epi8(wv[k], wv[k]);
+            dw[k] = h2f(wb.d);
+        }
         for j in 0..ACT_TILE {
             let ab = &a[(b0 + j) * kb + i];
             // SAFETY: as above.
             let aq = unsafe { load32(&ab.qs) };
             let da = h2f(ab.d);
-            for k in 0..2 {
+            for k in 0..ROW_TILE {
                 let av = _mm256_sign_epi8(aq, wv[k]);
                 let scale = _mm256_set1_ps(dw[k] * da);
                 let p = dot_u8_i8(wabs[k], av);
@@ -335,8 +348,8 @@ fn tile2_q8_0(
     std::array::from_fn(|k| std::array::from_fn(|j| hsum(acc[k][j])))
 }
 
-/// `Q8_0` weights × `Q8_0` activations for output rows `rows`: pairs of weight
-/// rows against full activation tiles, the rest one row at a time.
+/// `Q8_0` weights × `Q8_0` activations for output rows `rows`: groups of
+/// [`ROW_TILE`] weight rows against full activation tiles, the rest one row at a time.
 ///
 /// # Safety
 /// As [`gemm_q4_1`].
@@ -349,5 +362,5 @@ pub unsafe fn gemm_q8_0(
     n_act: usize,
     out: &OutRows,
 ) {
-    pairs!(rows, n_act, out, w, kb, a, tile2_q8_0, tile_q8_0);
+    row_tiles!(rows, n_act, out, w, kb, a, rows_q8_0, tile_q8_0);
 }
