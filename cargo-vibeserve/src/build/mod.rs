@@ -279,7 +279,7 @@ pub enum BuildError {
         "{0}: the Accuracy Judge's probes read GGUF models; this target's model is a dummy safetensors folder"
     )]
     #[diagnostic(help(
-        "build it with `--locked`, which compiles it anywhere and judges it where a GPU is"
+        "search with `--stage DIR` here, `cargo vibeserve evaluate DIR` where the GPU is, then `--resume DIR`; `--locked` compiles it anywhere and judges it where a GPU is"
     ))]
     NoGgufJudge(String),
     /// A file could not be written.
