@@ -205,7 +205,7 @@ fn write_hints(work: &Path, results: &Results, keeper: Option<u32>) -> Result<()
     let chosen = measured
         .clone()
         .find(|r| Some(r.round) == keeper)
-        .or_else(|| measured.last());
+        .or_else(|| measured.clone().next_back());
     if let Some(hints) = chosen.and_then(|r| r.hints.as_ref()) {
         let text = serde_json::to_string_pretty(hints).unwrap_or_default();
         write_atomic(&work.join(HINTS_FILE), text.as_bytes())?;
