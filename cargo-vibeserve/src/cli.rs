@@ -35,6 +35,8 @@ enum Command {
     Skills(crate::skills::command::SkillsArgs),
     /// Search for a better server round by round (or rebuild the locked one with --locked).
     Build(crate::build::BuildArgs),
+    /// Judge and measure the candidates `build --stage DIR` bundled, where they run.
+    Evaluate(crate::evaluate::command::EvaluateArgs),
     /// Show the recorded rounds as a table and write an SVG chart of the objective.
     Log(crate::log::LogArgs),
 }
@@ -62,6 +64,9 @@ pub fn main() -> miette::Result<()> {
             exit_on_error(crate::skills::command::run(&args), |_| exit_code::FAILURE)
         }
         Command::Build(args) => exit_on_error(crate::build::run(&args), |_| exit_code::FAILURE),
+        Command::Evaluate(args) => {
+            exit_on_error(crate::evaluate::command::run(&args), |_| exit_code::FAILURE)
+        }
         Command::Log(args) => exit_on_error(crate::log::run(&args), |_| exit_code::FAILURE),
     }
 }

@@ -31,6 +31,16 @@
 //! queueing, time per output token = decode) say which stage dominates; that goes to the
 //! planner as [`Hints`]. Hardware counters (`perf stat`) are not read: the machines this
 //! was built on report them as unsupported.
+//!
+//! `cargo vibeserve evaluate DIR` ([`command`]) runs the Judge and this Evaluator on a
+//! bundle of candidates that `build --stage` made on another machine ([`bundle`]).
+
+/// The staged bundle and the results that come back from it.
+pub mod bundle;
+/// `cargo vibeserve evaluate DIR`.
+pub mod command;
+/// The Judge of a `dummy` model (random safetensors weights).
+pub mod dummy;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -190,6 +200,34 @@ impl Evaluator {
         }
         let (candidate, incumbent) = (Measurement { reps: cand }, Measurement { reps: inc });
         Ok(self.judge(candidate, incumbent))
+    }
+
+    /// Measures several candidates against one incumbent: each repetition runs the
+    /// incumbent and every candidate once, in an order that rotates each repetition, so
+    /// every candidate is interleaved with the incumbent and the incumbent is measured
+    /// once per repetition rather than once per candidate. Returns the incumbent's
+    /// measurement and each candidate's evaluation against it, in order.
+    pub fn compare_many(
+        &self,
+        candidates: &[&Path],
+        incumbent: &Path,
+    ) -> Result<(Measurement, Vec<Evaluation>), EvaluateError> {
+        let servers: Vec<&Path> = std::iter::once(incumbent)
+            .chain(candidates.iter().copied())
+            .collect();
+        let mut reps: Vec<Vec<Metrics>> = vec![Vec::new(); servers.len()];
+        for rep in 0..self.reps {
+            for k in 0..servers.len() {
+                let i = (k + rep) % servers.len();
+                reps[i].push(self.one_rep(servers[i])?);
+            }
+        }
+        let mut measured = reps.into_iter().map(|reps| Measurement { reps });
+        let incumbent = measured.next().expect("the incumbent is measured");
+        let evaluations = measured
+            .map(|candidate| self.judge(candidate, incumbent.clone()))
+            .collect();
+        Ok((incumbent, evaluations))
     }
 
     fn judge(&self, candidate: Measurement, incumbent: Measurement) -> Evaluation {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{BuildError, best_bin, compile, gguf, step};
+use super::{BuildError, best_bin, compile, step};
 use crate::generate::command::round0_plan;
 use crate::generate::{FileSet, generate};
 use crate::judge::{Candidate, Judge};
@@ -216,14 +216,19 @@ fn finish(
         println!("judge skipped: no CUDA device");
         return Ok(());
     }
-    let mut judge = Judge::new(
-        &prepared.manifest,
-        &prepared.model_path,
-        gguf(prepared)?,
-        work,
-        reference,
-    )?;
-    let verdict = step("judge", || judge.judge(&Candidate::binary(&bin)))?;
+    let verdict = match prepared.metadata.gguf() {
+        Some(metadata) => {
+            let mut judge = Judge::new(
+                &prepared.manifest,
+                &prepared.model_path,
+                metadata,
+                work,
+                reference,
+            )?;
+            step("judge", || judge.judge(&Candidate::binary(&bin)))?
+        }
+        None => step("judge", || dummy_judge(prepared, &target_dir, &bin))?,
+    };
     if !verdict.passed() {
         return Err(BuildError::Rejected {
             what: "locked".into(),
@@ -234,6 +239,28 @@ fn finish(
         println!("  {}: {}", o.probe.as_str(), o.detail);
     }
     Ok(())
+}
+
+/// Judges `bin` on a `dummy` model: both seeds' weights are materialised (once, in the
+/// model cache) by the `materialize` the same build made.
+fn dummy_judge(
+    prepared: &Prepared,
+    target_dir: &Path,
+    bin: &Path,
+) -> Result<crate::judge::Judgement, BuildError> {
+    use crate::evaluate::dummy::{DummyJudge, materialize_models};
+    let materialize = target_dir
+        .join("release")
+        .join(crate::model::dummy::MATERIALIZE_BIN);
+    let cache = prepared.vibeserve_dir.join("cache");
+    let (model, perturbed) = materialize_models(&prepared.manifest, &materialize, &cache)?;
+    let vocab = match &prepared.metadata {
+        crate::model::ModelMetadata::HfConfig(config) => config.vocab_size,
+        crate::model::ModelMetadata::Gguf(meta) => meta.vocab_size,
+    };
+    let vocab = u32::try_from(vocab).unwrap_or(u32::MAX);
+    let mut judge = DummyJudge::new(&prepared.manifest, &model, &perturbed, vocab, None)?;
+    Ok(judge.judge(&Candidate::binary(bin))?)
 }
 
 /// Whether a CUDA device is visible (`nvidia-smi -L` lists one).

@@ -1,11 +1,15 @@
 //! `cargo vibeserve build`: round 0, then one planned change per round, each compiled,
 //! judged, measured, recorded in the state repository and, when accepted, in Serve.lock.
 //! `--locked` rebuilds the locked server with no search; `--relock` replays the locked
-//! rounds on today's templates and rewrites Serve.lock.
+//! rounds on today's templates and rewrites Serve.lock. `--stage DIR` builds the next
+//! rounds' candidates for another machine to judge and measure (`cargo vibeserve
+//! evaluate DIR` there); `--resume DIR` records what came back.
 
 pub mod compile;
 pub mod locked;
+pub mod resume;
 pub mod rounds;
+pub mod stage;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,6 +47,13 @@ pub struct BuildArgs {
     /// Replay Serve.lock's rounds on today's templates, re-judge, and rewrite Serve.lock.
     #[arg(long)]
     pub relock: bool,
+    /// Build the next rounds' candidates into a bundle in DIR, for `cargo vibeserve
+    /// evaluate DIR` on the machine that runs them.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["locked", "relock", "resume"])]
+    pub stage: Option<PathBuf>,
+    /// Record the verdicts and figures `evaluate` wrote into DIR/results.json.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["locked", "relock"])]
+    pub resume: Option<PathBuf>,
     /// Where the state repository and per-round binaries go (default:
     /// `<target dir>/vibeserve/<target>/`).
     #[arg(long)]
@@ -64,7 +75,12 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
         .state_dir
         .clone()
         .unwrap_or_else(|| prepared.vibeserve_dir.join(&prepared.manifest.target.name));
-    let outcome = if args.locked || args.relock {
+    let outcome = if let Some(dir) = &args.stage {
+        let rounds = args.rounds.unwrap_or(prepared.manifest.search.rounds);
+        stage::run(&prepared, &work, rounds, dir)
+    } else if let Some(dir) = &args.resume {
+        resume::run(&prepared, &work, dir)
+    } else if args.locked || args.relock {
         locked::run(&prepared, &work, args.relock)
     } else {
         let rounds = args.rounds.unwrap_or(prepared.manifest.search.rounds);
@@ -186,6 +202,14 @@ pub enum BuildError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Evaluate(#[from] crate::evaluate::EvaluateError),
+    /// The Judge of a `dummy` model could not work.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    DummyJudge(#[from] crate::evaluate::dummy::DummyError),
+    /// A staged bundle could not be written, read or resumed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Bundle(#[from] crate::evaluate::bundle::BundleError),
     /// The state repository failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -255,7 +279,7 @@ pub enum BuildError {
         "{0}: the Accuracy Judge's probes read GGUF models; this target's model is a dummy safetensors folder"
     )]
     #[diagnostic(help(
-        "build it with `--locked`, which compiles it anywhere and judges it where a GPU is"
+        "search with `--stage DIR` here, `cargo vibeserve evaluate DIR` where the GPU is, then `--resume DIR`; `--locked` compiles it anywhere and judges it where a GPU is"
     ))]
     NoGgufJudge(String),
     /// A file could not be written.

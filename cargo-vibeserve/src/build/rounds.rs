@@ -24,7 +24,7 @@ use crate::state::{AttemptRecord, State};
 mod llm;
 
 /// The last hints, beside the state repository.
-const HINTS_FILE: &str = "hints.json";
+pub const HINTS_FILE: &str = "hints.json";
 
 /// A candidate's verdict, objective, metrics, the Evaluator's hints if it measured, and
 /// why it was rejected, if it was.
@@ -400,7 +400,7 @@ pub fn round_bin(work: &Path, round: u32) -> PathBuf {
 }
 
 /// The metrics worth a trailer: the objective's and the latency figures constraints use.
-fn key_metrics(medians: &BTreeMap<String, f64>, objective: &str) -> BTreeMap<String, f64> {
+pub fn key_metrics(medians: &BTreeMap<String, f64>, objective: &str) -> BTreeMap<String, f64> {
     const KEPT: [&str; 5] = [
         "output_throughput",
         "median_ttft_ms",

@@ -355,7 +355,7 @@ impl Judge {
 }
 
 /// Runs a check command in `dir`: `Ok` with its last line on exit 0, `Err` otherwise.
-fn run_check(command: &[String], dir: &Path) -> Result<String, String> {
+pub fn run_check(command: &[String], dir: &Path) -> Result<String, String> {
     let (program, args) = command
         .split_first()
         .ok_or("the accuracy command is empty")?;

@@ -213,11 +213,16 @@ mod tests {
                 continue;
             }
             let shards: Vec<_> = (0..world).map(|r| Shard::new(r, world)).collect();
-            for (n, f) in [
+            let mut dims = vec![
                 (h, Shard::q_heads as fn(&Shard, usize) -> Range<usize>),
                 (ff, Shard::ffn),
                 (v, Shard::vocab),
-            ] {
+            ];
+            // Replicated KV heads (fewer than ranks) are covered by the next test instead.
+            if kv >= world {
+                dims.push((kv, Shard::kv_heads));
+            }
+            for (n, f) in dims {
                 let mut next = 0;
                 for s in &shards {
                     let r = f(s, n);

@@ -1,0 +1,315 @@
+//! `cargo vibeserve evaluate DIR`: judge and measure a staged batch of candidates where
+//! the target's hardware is (a GPU host with no Rust toolchain, or this machine), and
+//! write `DIR/results.json` for `build --resume DIR`.
+//!
+//! Order: materialise a dummy model once (and its perturbed twin); judge round 0 when
+//! the bundle asks for a baseline; judge every candidate that built; then measure every
+//! candidate that passed against the incumbent in one interleaved run
+//! ([`Evaluator::compare_many`]). Each candidate's verdict follows a local round's
+//! rules against the incumbent; `--resume` settles which one the batch keeps.
+
+use std::path::{Path, PathBuf};
+
+use super::bundle::{
+    BUNDLE_FILE, BUNDLE_VERSION, Bundle, BundleError, CandidateResult, ProbeResult, RESULTS_FILE,
+    Results, read_json, unpack, write_json,
+};
+use super::dummy::{DummyError, DummyJudge, materialize_models};
+use super::{EvaluateError, Evaluation, Evaluator, median};
+use crate::build::rounds::{key_metrics, verdict_of};
+use crate::judge::{Candidate, Judge, JudgeError, Judgement};
+use crate::manifest::{Manifest, ManifestError, ModelSource};
+use crate::search::Verdict;
+
+/// `cargo vibeserve evaluate DIR`.
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    /// The bundle `cargo vibeserve build TARGET --stage DIR` wrote.
+    pub dir: PathBuf,
+    /// The model file of a GGUF target (default: its Serve.toml source, fetched into
+    /// DIR/cache).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where a `dummy` model's weights are materialised (default: DIR/models); a folder
+    /// that already holds them is reused.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+/// Runs `cargo vibeserve evaluate DIR`.
+pub fn run(args: &EvaluateArgs) -> Result<(), CommandError> {
+    let dir = &args.dir;
+    let bundle: Bundle = read_json(dir, BUNDLE_FILE)?;
+    let manifest = Manifest::load(&dir.join(&bundle.manifest))?;
+    let reference = unpack(dir, &bundle.reference)?;
+    let incumbent = unpack(dir, &bundle.incumbent)?;
+    let judges = Judges::new(&manifest, &bundle, args, &reference)?;
+    let evaluator = Evaluator::new(&manifest, &judges.model)?;
+    let mut results = Results {
+        version: BUNDLE_VERSION,
+        target: bundle.target.clone(),
+        device: device(),
+        metric: evaluator.metric().to_string(),
+        baseline: None,
+        candidates: Vec::new(),
+    };
+    eprintln!("evaluate {} on {}", bundle.target, results.device);
+    let mut judges = judges;
+    if bundle.baseline {
+        let judgement = judges.judge(&incumbent, false)?;
+        let baseline = judged(0, &judgement);
+        let failed = baseline.verdict == Verdict::RejectedJudge;
+        results.baseline = Some(baseline);
+        if failed {
+            write_json(dir, RESULTS_FILE, &results)?;
+            return Err(CommandError::Round0(judgement.reasons()));
+        }
+    }
+    let mut measured = Vec::new();
+    for candidate in &bundle.candidates {
+        let result = match &candidate.binary {
+            None => CandidateResult {
+                reason: candidate.build_error.clone(),
+                ..empty(candidate.round, Verdict::RejectedBuild)
+            },
+            Some(name) => {
+                let bin = unpack(dir, name)?;
+                let result = judged(candidate.round, &judges.judge(&bin, true)?);
+                if result.verdict != Verdict::RejectedJudge {
+                    measured.push((results.candidates.len(), bin));
+                }
+                result
+            }
+        };
+        eprintln!("round {}: judge {}", result.round, verdict_line(&result));
+        results.candidates.push(result);
+    }
+    write_json(dir, RESULTS_FILE, &results)?;
+    measure(&evaluator, &incumbent, &measured, &mut results)?;
+    write_json(dir, RESULTS_FILE, &results)?;
+    for r in results.baseline.iter().chain(&results.candidates) {
+        println!("round {}: {}", r.round, verdict_line(r));
+    }
+    println!("results: {}", dir.join(RESULTS_FILE).display());
+    Ok(())
+}
+
+/// Measures the candidates that passed the Judge against the incumbent and fills in
+/// their verdicts and figures, and the baseline's.
+fn measure(
+    evaluator: &Evaluator,
+    incumbent: &Path,
+    measured: &[(usize, PathBuf)],
+    results: &mut Results,
+) -> Result<(), CommandError> {
+    let metric = results.metric.clone();
+    let bins: Vec<&Path> = measured.iter().map(|(_, b)| b.as_path()).collect();
+    let (inc, evals) = if bins.is_empty() {
+        if results.baseline.is_none() {
+            return Ok(());
+        }
+        (evaluator.measure(incumbent)?, Vec::new())
+    } else {
+        evaluator.compare_many(&bins, incumbent)?
+    };
+    if let Some(baseline) = &mut results.baseline {
+        baseline.objective = median(&inc.objective(&metric));
+        baseline.metrics = key_metrics(&inc.medians(), &metric);
+        baseline.reps = inc.objective(&metric);
+    }
+    for ((index, _), eval) in measured.iter().zip(evals) {
+        let result = &mut results.candidates[*index];
+        fill(result, &eval, &metric);
+        eprintln!("round {}: {}", result.round, eval.summary(&metric));
+    }
+    Ok(())
+}
+
+/// A candidate's verdict and figures from its evaluation.
+fn fill(result: &mut CandidateResult, eval: &Evaluation, metric: &str) {
+    let verdict = verdict_of(eval);
+    let mut metrics = key_metrics(&eval.candidate.medians(), metric);
+    metrics.insert("ratio_vs_best".into(), eval.ratio);
+    result.verdict = verdict;
+    result.objective = median(&eval.candidate.objective(metric));
+    result.metrics = metrics;
+    result.reps = eval.candidate.objective(metric);
+    result.hints = Some(eval.hints.clone());
+    result.reason = match verdict {
+        Verdict::Accepted => None,
+        Verdict::RejectedConstraint => Some(format!(
+            "constraints violated: {}; {}",
+            eval.violated.join(", "),
+            eval.summary(metric)
+        )),
+        _ => Some(eval.summary(metric)),
+    };
+}
+
+/// A result with no figures yet.
+fn empty(round: u32, verdict: Verdict) -> CandidateResult {
+    CandidateResult {
+        round,
+        verdict,
+        objective: None,
+        metrics: Default::default(),
+        reps: Vec::new(),
+        hints: None,
+        reason: None,
+        probes: Vec::new(),
+    }
+}
+
+/// The result of a judged candidate: rejected-judge with the reasons, or (until it is
+/// measured) baseline for round 0 and rejected-regression for the others.
+fn judged(round: u32, judgement: &Judgement) -> CandidateResult {
+    let (verdict, reason) = match (judgement.passed(), round) {
+        (false, _) => (Verdict::RejectedJudge, Some(judgement.reasons())),
+        (true, 0) => (Verdict::Baseline, None),
+        (true, _) => (Verdict::RejectedRegression, Some("not measured".into())),
+    };
+    CandidateResult {
+        reason,
+        probes: judgement.outcomes.iter().map(ProbeResult::from).collect(),
+        ..empty(round, verdict)
+    }
+}
+
+fn verdict_line(r: &CandidateResult) -> String {
+    let objective = r.objective.map_or("-".into(), |o| format!("{o:.2}"));
+    let reason = r.reason.as_deref().unwrap_or("");
+    format!("{:<20} objective {objective} {reason}", r.verdict.as_str())
+}
+
+/// The GPUs `nvidia-smi` lists (name and count), else `cpu`.
+fn device() -> String {
+    let gpus = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let names: Vec<&str> = gpus.lines().filter(|l| !l.trim().is_empty()).collect();
+    match names.first() {
+        Some(first) => format!("{} x{}", first.trim(), names.len()),
+        None => format!(
+            "cpu ({} threads)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+    }
+}
+
+/// The two Judges of a run (round 0 has no reference to compare with; the candidates
+/// have round 0) over one model.
+struct Judges {
+    model: PathBuf,
+    kind: Kind,
+}
+
+enum Kind {
+    Gguf {
+        round0: Judge,
+        candidates: Judge,
+    },
+    Dummy {
+        round0: DummyJudge,
+        candidates: DummyJudge,
+    },
+}
+
+impl Judges {
+    fn new(
+        manifest: &Manifest,
+        bundle: &Bundle,
+        args: &EvaluateArgs,
+        reference: &Path,
+    ) -> Result<Judges, CommandError> {
+        let reference = || Some(Candidate::binary(reference));
+        if let ModelSource::Dummy { config, .. } = &manifest.model.source {
+            let name = bundle.materialize.as_deref().ok_or_else(|| {
+                BundleError::Mismatch("a dummy model's bundle has no materialize binary".into())
+            })?;
+            let bin = unpack(&args.dir, name)?;
+            let root = args
+                .models_dir
+                .clone()
+                .unwrap_or_else(|| args.dir.join("models"));
+            let (model, perturbed) = materialize_models(manifest, &bin, &root)?;
+            let text =
+                std::fs::read_to_string(config).map_err(|e| DummyError::Model(e.to_string()))?;
+            let vocab = crate::model::HfConfig::parse(&text, config)
+                .map_err(|e| DummyError::Model(e.to_string()))?
+                .vocab_size;
+            let vocab = u32::try_from(vocab).unwrap_or(u32::MAX);
+            let kind = Kind::Dummy {
+                round0: DummyJudge::new(manifest, &model, &perturbed, vocab, None)?,
+                candidates: DummyJudge::new(manifest, &model, &perturbed, vocab, reference())?,
+            };
+            return Ok(Judges { model, kind });
+        }
+        let model = match &args.model {
+            Some(m) => m.clone(),
+            None => crate::prepare::fetch_model(manifest, &args.dir.join("cache"))
+                .map_err(|e| CommandError::Model(e.to_string()))?,
+        };
+        let metadata = crate::model::read_gguf_metadata(&model)
+            .map_err(|e| CommandError::Model(e.to_string()))?;
+        let work = args.dir.join("work");
+        std::fs::create_dir_all(&work).map_err(|source| BundleError::Io {
+            path: work.clone(),
+            source,
+        })?;
+        let kind = Kind::Gguf {
+            round0: Judge::new(manifest, &model, &metadata, &work, None)?,
+            candidates: Judge::new(manifest, &model, &metadata, &work, reference())?,
+        };
+        Ok(Judges { model, kind })
+    }
+
+    /// Judges `bin`; `with_reference` for a candidate, not for round 0.
+    fn judge(&mut self, bin: &Path, with_reference: bool) -> Result<Judgement, CommandError> {
+        let candidate = Candidate::binary(bin);
+        Ok(match (&mut self.kind, with_reference) {
+            (Kind::Gguf { round0, .. }, false) => round0.judge(&candidate)?,
+            (Kind::Gguf { candidates, .. }, true) => candidates.judge(&candidate)?,
+            (Kind::Dummy { round0, .. }, false) => round0.judge(&candidate)?,
+            (Kind::Dummy { candidates, .. }, true) => candidates.judge(&candidate)?,
+        })
+    }
+}
+
+/// What went wrong in `cargo vibeserve evaluate`.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum CommandError {
+    /// The bundle could not be read, unpacked or written.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Bundle(#[from] BundleError),
+    /// The bundle's Serve.toml is invalid.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The model could not be found or read.
+    #[error("the model: {0}")]
+    #[diagnostic(help("pass --model PATH to name the GGUF file on this machine"))]
+    Model(String),
+    /// The Judge could not work.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Judge(#[from] JudgeError),
+    /// The dummy model's Judge could not work.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Dummy(#[from] DummyError),
+    /// The Evaluator could not measure.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Evaluate(#[from] EvaluateError),
+    /// Round 0 fails the Judge: nothing can be measured against it.
+    #[error("the round-0 server fails the Accuracy Judge: {0}")]
+    #[diagnostic(help(
+        "round 0 is built from the template: this is a bug in the template or its engine"
+    ))]
+    Round0(String),
+}
