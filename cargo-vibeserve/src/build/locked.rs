@@ -195,7 +195,7 @@ fn finish(
 ) -> Result<(), BuildError> {
     let dir = prepared.server_dir();
     let target_dir = compile::target_dir(&prepared.vibeserve_dir);
-    let judged = !(prepared.manifest.hardware.device() == Device::Cuda && !cuda_present());
+    let judged = prepared.manifest.hardware.device() != Device::Cuda || cuda_present();
     // Round 0 first: the crate left on disk is then the final one.
     let reference = match reference.filter(|_| judged) {
         Some(plan) => {
