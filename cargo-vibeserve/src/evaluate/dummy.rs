@@ -11,14 +11,13 @@
 //! Both models are materialised once, by the generated crate's `materialize`, and shared
 //! by every candidate.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::bench::peer::{PeerError, ServerProcess, free_port};
+use crate::bench::peer::{PeerError, ServerProcess};
 use crate::judge::score::{self, Prompt, mean_abs_delta};
 use crate::judge::{
-    Candidate, HEALTH_TIMEOUT, Judgement, MAX_REFERENCE_DELTA, MIN_PERTURBED_DELTA, Probe,
-    ProbeOutcome, RANDOM_PROMPT_SEED, RANDOM_PROMPT_TOKENS, WEIGHT_PROBE_PROMPTS,
+    Candidate, Judgement, MAX_REFERENCE_DELTA, MIN_PERTURBED_DELTA, Probe, ProbeOutcome,
+    RANDOM_PROMPT_SEED, RANDOM_PROMPT_TOKENS, WEIGHT_PROBE_PROMPTS, start_server,
 };
 use crate::manifest::{Manifest, ModelSource};
 use crate::model::dummy::{dummy_digest, dummy_dir, materialize};
@@ -171,27 +170,7 @@ impl DummyJudge {
     }
 
     fn start(&self, candidate: &Candidate, model: &Path) -> Result<ServerProcess, PeerError> {
-        let port = free_port().map_err(|source| PeerError::Spawn {
-            program: candidate.program.display().to_string(),
-            source,
-        })?;
-        let mut args = candidate.args.clone();
-        let serve: [OsString; 7] = [
-            "serve".into(),
-            "--model".into(),
-            model.as_os_str().to_owned(),
-            "--port".into(),
-            port.to_string().into(),
-            "--served-model-name".into(),
-            self.manifest.target.name.clone().into(),
-        ];
-        args.extend(serve);
-        self.runtime.block_on(ServerProcess::start(
-            &candidate.program,
-            &args,
-            port,
-            HEALTH_TIMEOUT,
-        ))
+        start_server(&self.runtime, candidate, model, &self.manifest.target.name)
     }
 
     fn score_all(&self, url: &str, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>, String> {

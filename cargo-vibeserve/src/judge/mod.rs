@@ -270,30 +270,7 @@ impl Judge {
     }
 
     fn start(&self, candidate: &Candidate, model: &Path) -> Result<ServerProcess, PeerError> {
-        let port = free_port().map_err(|source| PeerError::Spawn {
-            program: candidate.program.display().to_string(),
-            source,
-        })?;
-        let mut args = candidate.args.clone();
-        args.extend(
-            [
-                "serve".into(),
-                "--model".into(),
-                model.as_os_str().to_owned(),
-                "--port".into(),
-                port.to_string().into(),
-                "--served-model-name".into(),
-                self.manifest.target.name.clone().into(),
-            ]
-            .into_iter()
-            .map(|a: OsString| a),
-        );
-        self.runtime.block_on(ServerProcess::start(
-            &candidate.program,
-            &args,
-            port,
-            HEALTH_TIMEOUT,
-        ))
+        start_server(&self.runtime, candidate, model, &self.manifest.target.name)
     }
 
     fn score_all(
@@ -458,4 +435,35 @@ pub enum JudgeError {
     /// The async runtime could not be created.
     #[error("cannot start the Judge's async runtime")]
     Runtime(#[source] std::io::Error),
+}
+
+/// Starts `candidate` serving `model` under the target's name on a free port, and waits
+/// until it answers its health check.
+pub fn start_server(
+    runtime: &tokio::runtime::Runtime,
+    candidate: &Candidate,
+    model: &Path,
+    served_name: &str,
+) -> Result<ServerProcess, PeerError> {
+    let port = free_port().map_err(|source| PeerError::Spawn {
+        program: candidate.program.display().to_string(),
+        source,
+    })?;
+    let mut args = candidate.args.clone();
+    let serve: [OsString; 7] = [
+        "serve".into(),
+        "--model".into(),
+        model.as_os_str().to_owned(),
+        "--port".into(),
+        port.to_string().into(),
+        "--served-model-name".into(),
+        served_name.into(),
+    ];
+    args.extend(serve);
+    runtime.block_on(ServerProcess::start(
+        &candidate.program,
+        &args,
+        port,
+        HEALTH_TIMEOUT,
+    ))
 }
