@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::bench::peer::{PeerError, ServerProcess};
 use crate::judge::score::{self, Prompt, mean_abs_delta};
 use crate::judge::{
-    Candidate, Judgement, MAX_REFERENCE_DELTA, MIN_PERTURBED_DELTA, Probe, ProbeOutcome,
-    RANDOM_PROMPT_SEED, RANDOM_PROMPT_TOKENS, WEIGHT_PROBE_PROMPTS, start_server,
+    Candidate, Judgement, MAX_REFERENCE_DELTA, Probe, ProbeOutcome, RANDOM_PROMPT_SEED,
+    RANDOM_PROMPT_TOKENS, WEIGHT_PROBE_PROMPTS, start_server, weights_verdict,
 };
 use crate::manifest::{Manifest, ModelSource};
 use crate::model::dummy::{dummy_digest, dummy_dir, materialize};
@@ -212,30 +212,6 @@ fn accuracy_prompts(path: &Path) -> Result<Vec<Prompt>, DummyError> {
         )));
     }
     Ok(prompts)
-}
-
-fn weights_verdict(
-    original: Result<Vec<Vec<f64>>, String>,
-    perturbed: Result<Vec<Vec<f64>>, String>,
-) -> Result<String, String> {
-    let (original, perturbed) = (original?, perturbed?);
-    let deltas: Vec<f64> = original
-        .iter()
-        .zip(&perturbed)
-        .map(|(a, b)| mean_abs_delta(a, b).unwrap_or(f64::INFINITY))
-        .collect();
-    let least = deltas.iter().copied().fold(f64::INFINITY, f64::min);
-    let shown = show(&deltas);
-    if deltas.is_empty() || least < MIN_PERTURBED_DELTA {
-        Err(format!(
-            "outputs barely change with another seed's weights: mean |Δ logprob| per prompt \
-             [{shown}] (each must be >= {MIN_PERTURBED_DELTA})"
-        ))
-    } else {
-        Ok(format!(
-            "another seed's weights: mean |Δ logprob| per prompt [{shown}]"
-        ))
-    }
 }
 
 fn memorised_verdict(

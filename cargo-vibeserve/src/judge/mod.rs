@@ -356,7 +356,9 @@ pub fn run_check(command: &[String], dir: &Path) -> Result<String, String> {
     }
 }
 
-fn weights_verdict(
+/// The perturbed-weights probe: every prompt's scores must move by at least
+/// `MIN_PERTURBED_DELTA` when the weights change (perturbed, or another seed's).
+pub(crate) fn weights_verdict(
     original: Result<Vec<Vec<f64>>, String>,
     perturbed: Result<Vec<Vec<f64>>, String>,
 ) -> Result<String, String> {
