@@ -2,9 +2,10 @@
 //! endpoint (`agent/endpoint.rs`, streamed): round 1's agent skips half the forward pass
 //! — rejected by a probe, the reason in `log`; round 2's agent reads a skill, changes a
 //! plan constant, builds, tests and stops — judged, reviewed, measured, its patch
-//! recorded. Then `build --locked` on a clean copy of the target rebuilds round 2's tree
-//! from the patch with no endpoint at all, and round 0's server answers the back end's
-//! own chat request (the transport against a real server).
+//! recorded; round 3's endpoint answers every call with a 500, so that round ends
+//! `agent-failed`, recorded and reverted. Then `build --locked` on a clean copy of the
+//! target rebuilds round 2's tree from the patch with no endpoint at all, and round 0's
+//! server answers the back end's own chat request (the transport against a real server).
 //!
 //! Needs the real model (`VIBESERVE_TEST_MODEL`, set by `.cargo/config.toml` to where
 //! `cargo vibeserve fetch smollm2-cpu` puts it). To keep it to a few minutes on 2 cores,
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use endpoint::{Reply, answer, role_of, step_of};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::{target_copy, vibeserve};
+use support::{cap_workload, target_copy, vibeserve};
 use vibeserve::agent::roles::{Budget, End, converse};
 use vibeserve::agent::tools::name;
 use vibeserve::agent::{ChatClient, Endpoint, Role, Transcript};
@@ -34,7 +35,7 @@ use vibeserve::state::State;
 
 const KEY: &str = "sk-test-ROUNDS-KEY-never-on-disk";
 /// The benchmark's answer length in the test's copy of the target.
-const BENCH_MAX_TOKENS: u32 = 16;
+const BENCH_MAX_TOKENS: u64 = 16;
 const HONEST_OLD: &str = "pub const PREFETCH_ROWS: usize = 4;";
 const HONEST_NEW: &str = "pub const PREFETCH_ROWS: usize = 8;";
 const LAYER_LOOP: &str = "for (layer, block) in self.blocks.iter().enumerate() {";
@@ -45,8 +46,8 @@ fn call(tool: &str, args: serde_json::Value) -> (&str, String) {
     (tool, args.to_string())
 }
 
-/// The scripted model: a cheating Implementer first, an honest one second; a reviewer
-/// that passes; an Evaluator with notes.
+/// The scripted model: a cheating Implementer first, an honest one second, a failing
+/// endpoint third; a reviewer that passes; an Evaluator with notes.
 fn script() -> endpoint::Script {
     let implementer_runs = Arc::new(AtomicUsize::new(0));
     Arc::new(move |body, _| {
@@ -57,7 +58,14 @@ fn script() -> endpoint::Script {
                 if step == 0 {
                     implementer_runs.fetch_add(1, Ordering::SeqCst);
                 }
-                let cheat = implementer_runs.load(Ordering::SeqCst) == 1;
+                let run = implementer_runs.load(Ordering::SeqCst);
+                if run >= 3 {
+                    return Reply::Json(
+                        500,
+                        json!({"error": {"message": "upstream overloaded", "type": "server_error"}}),
+                    );
+                }
+                let cheat = run == 1;
                 let calls = match (cheat, step) {
                     (true, 0) => vec![call(
                         name::REPLACE,
@@ -102,22 +110,6 @@ fn script() -> endpoint::Script {
         };
         Reply::Json(200, reply)
     })
-}
-
-/// The target copy's workload with every request's `max_tokens` capped.
-fn cap_workload(dir: &Path) {
-    let path = dir.join("workload.jsonl");
-    let text = std::fs::read_to_string(&path).expect("the workload");
-    let capped: String = text
-        .lines()
-        .map(|line| {
-            let mut req: serde_json::Value = serde_json::from_str(line).expect("a request");
-            let asked = req["max_tokens"].as_u64().unwrap_or(u64::MAX);
-            req["max_tokens"] = json!(asked.min(u64::from(BENCH_MAX_TOKENS)));
-            format!("{req}\n")
-        })
-        .collect();
-    std::fs::write(&path, capped).expect("write the workload");
 }
 
 /// A clean copy of the target folder `from` (Serve.toml, Serve.lock, patches, workload,
@@ -175,7 +167,7 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
 fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
     let started = Instant::now();
     let dir = target_copy(false);
-    cap_workload(dir.path());
+    cap_workload(dir.path(), BENCH_MAX_TOKENS);
     let ep = endpoint::start(script());
     let shown = dir.path().display().to_string();
     let state = dir.path().join("state");
@@ -184,7 +176,7 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
         "build",
         &shown,
         "--rounds",
-        "2",
+        "3",
         "--state-dir",
         &state_arg,
         "--agent",
@@ -206,7 +198,7 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
         .attempts()
         .expect("attempts");
     let verdicts: Vec<Verdict> = attempts.iter().map(|a| a.record.verdict).collect();
-    assert_eq!(verdicts.len(), 3, "{verdicts:?}");
+    assert_eq!(verdicts.len(), 4, "{verdicts:?}");
     assert_eq!(
         verdicts[1],
         Verdict::RejectedJudge,
@@ -219,6 +211,17 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
         ),
         "round 2 must be judged correct and measured: {verdicts:?}"
     );
+    assert_eq!(
+        verdicts[3],
+        Verdict::AgentFailed,
+        "an endpoint that keeps failing must end the round, not the build"
+    );
+    let best = State::open(&state.join("state.git"))
+        .expect("state")
+        .best()
+        .expect("best")
+        .expect("a best round");
+    assert!(best.record.round < 3, "the failed round was not reverted");
     let results = tool_results(&state, 2);
     assert!(
         results.first().is_some_and(|r| !r.starts_with("error:")),
@@ -257,12 +260,17 @@ fn llm_rounds_are_judged_recorded_and_replayed_from_the_patch() {
 
     let log = vibeserve(&["log", &shown, "--state-dir", &state_arg], &[]);
     let text = String::from_utf8_lossy(&log.stdout);
+    eprintln!("{text}");
     for role in ["implementer", "reviewer", "evaluator"] {
         assert!(text.contains(role), "log lacks the {role} row:\n{text}");
     }
     assert!(
         text.contains("round 1: rejected-judge: "),
         "log lacks the probe's reason:\n{text}"
+    );
+    assert!(
+        text.contains("round 3: agent-failed: "),
+        "log lacks the failed round's reason:\n{text}"
     );
 
     lock_round(dir.path(), &state, &attempts[2], &patch);

@@ -76,3 +76,24 @@ pub fn target_copy(with_lock: bool) -> tempfile::TempDir {
     std::fs::write(dir.path().join("Serve.toml"), toml).expect("write Serve.toml");
     dir
 }
+
+/// Caps every request's `max_tokens` in the target copy `dir`'s workload at `max_tokens`,
+/// so a whole round's benchmark takes seconds, not minutes, on 2 cores.
+#[allow(
+    dead_code,
+    reason = "each test binary that includes this file uses part of it"
+)]
+pub fn cap_workload(dir: &Path, max_tokens: u64) {
+    let path = dir.join("workload.jsonl");
+    let text = std::fs::read_to_string(&path).expect("the workload");
+    let capped: String = text
+        .lines()
+        .map(|line| {
+            let mut req: serde_json::Value = serde_json::from_str(line).expect("a request");
+            let asked = req["max_tokens"].as_u64().unwrap_or(u64::MAX);
+            req["max_tokens"] = serde_json::json!(asked.min(max_tokens));
+            format!("{req}\n")
+        })
+        .collect();
+    std::fs::write(&path, capped).expect("write the workload");
+}

@@ -33,9 +33,11 @@ const BUILD_LOCK: &str = ".vibeserve-build.lock";
 /// Cargo names a package's compiled units by its name, version and path *relative to its
 /// workspace root*, and a generated crate is its own workspace root: every copy of a
 /// target's crate (two searches, a test's copy in a temp folder) shares one fingerprint
-/// and one output in the shared target dir. Cargo judges freshness by mtime against the
-/// last build of that unit, whichever folder it came from, so a crate edited before
-/// another copy was built would be called fresh and the other copy's binary copied out.
+/// and one output in the shared target dir. That fingerprint lists the sources of the
+/// copy that built it — relative to the target dir when that copy lives inside it, as
+/// `target/vibeserve/<target>/server` does — so cargo checks *that* copy's files, and an
+/// edit in any other copy is never seen: its build is called fresh and the other copy's
+/// binary copied out. When the folder changes, the package's fingerprints are deleted.
 const LAST_BUILT: &str = ".vibeserve-last-built";
 
 /// The shared target directory held for one crate's build; released when dropped.
@@ -58,7 +60,7 @@ pub fn lock_for(crate_dir: &Path, target_dir: &Path) -> Result<BuildLock, Compil
     let file = std::fs::File::create(&lock_path).map_err(lock_err)?;
     file.lock().map_err(lock_err)?;
     let last_built = target_dir.join(LAST_BUILT);
-    claim_units(crate_dir, &last_built).map_err(|source| CompileError::Claim {
+    claim_units(crate_dir, target_dir, &last_built).map_err(|source| CompileError::Claim {
         path: last_built,
         source,
     })?;
@@ -120,29 +122,49 @@ fn built_binary(cargo_stdout: &[u8]) -> Option<PathBuf> {
 }
 
 /// Makes cargo rebuild `crate_dir`'s own units when another folder built them last (see
-/// [`LAST_BUILT`]): its files' mtimes move to now, newer than any earlier build of them.
-fn claim_units(crate_dir: &Path, last_built: &Path) -> std::io::Result<()> {
+/// [`LAST_BUILT`]): the package's fingerprints go, in every profile of `target_dir`, so
+/// cargo has nothing to call fresh. Its dependencies' units are untouched.
+fn claim_units(crate_dir: &Path, target_dir: &Path, last_built: &Path) -> std::io::Result<()> {
     let me = std::fs::canonicalize(crate_dir)?;
     let last = std::fs::read(last_built).unwrap_or_default();
     if last == me.as_os_str().as_encoded_bytes() {
         return Ok(());
     }
-    let now = std::time::SystemTime::now();
-    let mut stack = vec![me.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                std::fs::File::options()
-                    .append(true)
-                    .open(&path)?
-                    .set_modified(now)?;
+    let package = package_name(&me)?;
+    for profile in std::fs::read_dir(target_dir)? {
+        let fingerprints = profile?.path().join(".fingerprint");
+        let Ok(units) = std::fs::read_dir(&fingerprints) else {
+            continue; // not a profile folder (vibeserve/, tmp/, ...)
+        };
+        for unit in units {
+            let unit = unit?;
+            if is_unit_of(&unit.file_name().to_string_lossy(), &package) {
+                std::fs::remove_dir_all(unit.path())?;
             }
         }
     }
     std::fs::write(last_built, me.as_os_str().as_encoded_bytes())
+}
+
+/// The `[package] name` of the crate in `crate_dir`.
+fn package_name(crate_dir: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(crate_dir.join("Cargo.toml"))?;
+    let manifest: toml::Table = toml::from_str(&text).map_err(std::io::Error::other)?;
+    manifest
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(toml::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| std::io::Error::other("Cargo.toml has no [package] name"))
+}
+
+/// Whether a `.fingerprint` entry is one of `package`'s units: `<package>-<16 hex digits>`
+/// (a longer package name that starts with the same words is another package).
+fn is_unit_of(entry: &str, package: &str) -> bool {
+    entry
+        .strip_prefix(package)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Why a candidate did not compile.
@@ -170,7 +192,7 @@ pub enum CompileError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The crate's files could not be marked as newer than another copy's build.
+    /// Another copy's compiled units of the crate could not be forgotten.
     #[error("cannot mark the crate as the last one built in {}: {source}", path.display())]
     Claim {
         /// The record of the last crate built.
@@ -241,5 +263,46 @@ mod tests {
             says(&compile(&a, &target, &out).expect("builds")),
             "a, edited"
         );
+    }
+
+    #[test]
+    fn a_copy_built_after_one_inside_the_target_dir_is_rebuilt() {
+        // A crate inside the target dir (as `target/vibeserve/<target>/server` is) leaves
+        // a fingerprint whose sources are relative to the target dir, so cargo checks its
+        // files, not the other copy's, however new those are.
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let target = tmp.path().join("t");
+        let (inside, outside) = (target.join("vibeserve/server"), tmp.path().join("b"));
+        write_crate(&inside, "inside");
+        let out = tmp.path().join("out");
+        assert_eq!(
+            says(&compile(&inside, &target, &out).expect("builds")),
+            "inside"
+        );
+        write_crate(&outside, "outside");
+        assert_eq!(
+            says(&compile(&outside, &target, &out).expect("builds")),
+            "outside"
+        );
+    }
+
+    #[test]
+    fn only_the_packages_own_units_are_its_fingerprints() {
+        assert!(is_unit_of(
+            "vibeserve-smollm2-cpu-2f82fefee6f73792",
+            "vibeserve-smollm2-cpu"
+        ));
+        assert!(!is_unit_of(
+            "vibeserve-smollm2-cpu-x2-2f82fefee6f73792",
+            "vibeserve-smollm2-cpu"
+        ));
+        assert!(!is_unit_of(
+            "vibeserve-smollm2-cpu",
+            "vibeserve-smollm2-cpu"
+        ));
+        assert!(!is_unit_of(
+            "serde-2f82fefee6f73792",
+            "vibeserve-smollm2-cpu"
+        ));
     }
 }
