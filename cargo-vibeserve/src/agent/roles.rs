@@ -104,7 +104,12 @@ async fn turns(
                     }
                 ));
             }
-            Err(e) => return End::Failed(e),
+            Err(e) => {
+                if let ClientError::GaveUp { attempts, .. } = &e {
+                    conv.usage.retries += attempts - 1; // the table counts them too
+                }
+                return End::Failed(e);
+            }
         };
         conv.usage.calls += 1;
         conv.usage.retries += answer.retries;

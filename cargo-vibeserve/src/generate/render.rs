@@ -194,7 +194,11 @@ fn cargo_toml(plan: &Plan, parts: &BTreeMap<&str, &Part>) -> Result<String, Gene
         }
     }
     out.push_str(
-        "\n[profile.release]\ndebug = \"line-tables-only\"\n\n\
+        "\n# `cfg(vibeserve_cuda)` is set by the `cuda` part's build.rs; without it the sources\n\
+         # compile as the CPU build.\n\
+         [lints.rust]\n\
+         unexpected_cfgs = { level = \"warn\", check-cfg = [\"cfg(vibeserve_cuda)\"] }\n\n\
+         [profile.release]\ndebug = \"line-tables-only\"\n\n\
          # Its own workspace: the crate is generated inside other workspaces' target folders.\n\
          [workspace]\n",
     );
