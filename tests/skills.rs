@@ -153,6 +153,7 @@ fn every_tunable_plan_field_has_a_skill() {
         "parts",
         "device.kind",
         "cuda.arch",
+        "cuda.one_shot_timeout_ms",
         "http.max_body_bytes",
         "http.retry_after_secs",
         "http.sse_keep_alive_secs",

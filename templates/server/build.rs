@@ -56,6 +56,7 @@ fn main() {
         .flag("-O3")
         .include(home.join("include"))
         .file("cuda/kernels.cu")
+        .file("cuda/comm.cu")
         .compile("vibeserve_kernels");
     for lib in ["lib", "lib64", "targets/x86_64-linux/lib"] {
         if home.join(lib).is_dir() {
@@ -72,6 +73,7 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindgen::Builder::default()
         .header("cuda/launchers.h")
+        .header("cuda/comm.h")
         .allowlist_function("vs_.*")
         .generate()
         .expect("bindgen reads cuda/launchers.h")

@@ -54,6 +54,34 @@ pub struct CudaPlan {
     /// while the other computes) instead of running them one after the other.
     #[serde(default)]
     pub overlap_comm: bool,
+    /// Largest all-reduce (bytes of f32) the one-shot kernel takes; larger ones go to
+    /// NCCL. It also sizes the exchange buffers (two slots of it on every rank).
+    #[serde(default = "default_one_shot_max_bytes")]
+    pub one_shot_max_bytes: usize,
+    /// Most thread blocks (and flags per peer) of one one-shot all-reduce.
+    #[serde(default = "default_one_shot_max_blocks")]
+    pub one_shot_max_blocks: usize,
+    /// How long a one-shot all-reduce waits for a peer's signal before it flags an
+    /// error (below the communicator's deadline, so a step fails instead of hanging).
+    #[serde(default = "default_one_shot_timeout_ms")]
+    pub one_shot_timeout_ms: usize,
+}
+
+/// Round 0's one-shot cut-over: 512 KiB is a 32-token f32 residual of a 4096-wide model
+/// (16 tokens of an 8192-wide one), where NCCL's ring starts to win.
+fn default_one_shot_max_bytes() -> usize {
+    512 * 1024
+}
+
+/// Round 0's one-shot blocks: enough SMs to pull 512 KiB over NVLink, few enough to
+/// signal cheaply.
+fn default_one_shot_max_blocks() -> usize {
+    32
+}
+
+/// Round 0's one-shot wait: 10 s, a third of the communicator's 30 s deadline.
+fn default_one_shot_timeout_ms() -> usize {
+    10_000
 }
 
 /// The all-reduce that sums tensor-parallel partial outputs.
@@ -115,6 +143,9 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         tensor_parallel: gpus,
         all_reduce: AllReduce::Nccl,
         overlap_comm: false,
+        one_shot_max_bytes: default_one_shot_max_bytes(),
+        one_shot_max_blocks: default_one_shot_max_blocks(),
+        one_shot_timeout_ms: default_one_shot_timeout_ms(),
     }
 }
 
@@ -226,6 +257,9 @@ impl Plan {
             c("TENSOR_PARALLEL", int(cuda.tensor_parallel)),
             c("ALL_REDUCE", cuda.all_reduce.rust_path().to_string()),
             c("OVERLAP_COMM", cuda.overlap_comm.to_string()),
+            c("ONE_SHOT_MAX_BYTES", int(cuda.one_shot_max_bytes)),
+            c("ONE_SHOT_MAX_BLOCKS", int(cuda.one_shot_max_blocks)),
+            c("ONE_SHOT_TIMEOUT_MS", int(cuda.one_shot_timeout_ms)),
         ])
     }
 }
@@ -300,6 +334,7 @@ mod tests {
         assert_eq!(get("TENSOR_PARALLEL"), "2");
         assert_eq!(get("ALL_REDUCE"), "AllReduce::Nccl");
         assert_eq!(get("OVERLAP_COMM"), "false");
+        assert_eq!(get("ONE_SHOT_MAX_BYTES"), "524_288");
         assert!(cuda.parts.contains(CUDA_PART));
         // 32 GiB of f16 KV at 32 KiB a token (16 layers x 8 heads x 64 x 2 x 2 bytes).
         assert_eq!(cuda.kv_cache.blocks * cuda.kv_cache.block_size, 1 << 20);
@@ -323,7 +358,14 @@ mod tests {
     fn plans_written_before_tensor_parallelism_read_as_one_gpu() {
         let mut value = toml::Value::try_from(default_cuda("sm_90a", 4)).unwrap();
         let table = value.as_table_mut().unwrap();
-        for key in ["tensor_parallel", "all_reduce", "overlap_comm"] {
+        for key in [
+            "tensor_parallel",
+            "all_reduce",
+            "overlap_comm",
+            "one_shot_max_bytes",
+            "one_shot_max_blocks",
+            "one_shot_timeout_ms",
+        ] {
             table.remove(key);
         }
         let old: CudaPlan = value.try_into().unwrap();

@@ -32,6 +32,14 @@ pub const TENSOR_PARALLEL: usize = 1;
 pub const ALL_REDUCE: AllReduce = AllReduce::Nccl;
 /// Overlap each all-reduce with the next GEMM instead of running them in turn.
 pub const OVERLAP_COMM: bool = false;
+/// Largest all-reduce (bytes of f32) the one-shot kernel takes; larger ones go to NCCL.
+/// It also sizes the exchange buffers (two slots of it on every rank).
+pub const ONE_SHOT_MAX_BYTES: usize = 524_288;
+/// Most thread blocks (and flags per peer) of one one-shot all-reduce.
+pub const ONE_SHOT_MAX_BLOCKS: usize = 32;
+/// How long a one-shot all-reduce waits for a peer before it flags an error (below the
+/// communicator's deadline, so a step fails instead of hanging).
+pub const ONE_SHOT_TIMEOUT_MS: usize = 10_000;
 
 /// The all-reduce that sums tensor-parallel partial outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

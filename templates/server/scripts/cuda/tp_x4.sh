@@ -1,0 +1,147 @@
+#!/bin/bash
+# Tensor parallelism on a 4-GPU machine, in one device call: the dummy 70B shape's
+# weights written by the generated crate's `materialize` (timed), its decode tok/s at
+# TP = 4 against the aggregate bandwidth floor (each rank reads its quarter of the
+# weights at the measured copy bandwidth of one GPU); and, on the same host, the 8B
+# shape at TP = 1, 2 (CUDA_VISIBLE_DEVICES=0,1) and 4, NCCL and one-shot all-reduce.
+#
+# Usage (on the GPU machine, from the repository root):
+#   bash DIR/tp_x4.sh DIR
+# DIR holds: server.xz and materialize.xz (stripped, xz-compressed, from the generated
+# crate of targets/llama-3.1-70b-h100x4), config-8b.json and config-70b.json (the
+# targets' config.json). Env: STAGES (default "eight seventy"), BATCHES (1,32,128), GEN
+# (64), GEN70 (32), MAT_THREADS (48: the rest of the 64 cores keep the 8B timings clean),
+# MAT_DEADLINE (420 s), END (575 s: every run stops by then). The 8B stage also checks
+# the one-shot all-reduce's logits (TP = 2 and 4, one token a step) against NCCL's and
+# TP = 1's.
+# Results: $OUT/tp_x4.json (every cuda-bench line, the logits agreement and the
+# materialize times) and a printed table.
+set -u
+G=$(cd "${1:?usage: tp_x4.sh DIR}" && pwd)
+OUT=${OUT:-/tmp/out}; W=${VS_WORK:-/tmp/vs}; R=$W/results
+mkdir -p "$OUT" "$R" "$W/lib"
+export PYTHONUNBUFFERED=1
+# NVLink multicast off for every program here: it can take a shared host's GPUs out of
+# service. The server sets NCCL's for itself too.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+exec > >(tee -a "$OUT/tp_x4.log") 2>&1
+STAGES=${STAGES:-eight seventy}; GEN=${GEN:-64}; GEN70=${GEN70:-32}; BATCHES=${BATCHES:-1,32,128}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+T0=$(date +%s)
+now() { echo $(( $(date +%s) - T0 )); }
+stamp() { echo "== [$(now) s] $*"; }
+
+CUBLAS=$(find /usr/local/cuda*/ /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
+NCCL=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
+[ -f "$NCCL" ] || NCCL=$(find / -name 'libnccl.so.2*' -not -path '/proc/*' 2>/dev/null | head -1)
+echo "cublas: $CUBLAS"; echo "nccl: $NCCL"
+# cudarc asks for libnccl.so; the wheel ships libnccl.so.2 only.
+ln -sf "$NCCL" "$W/lib/libnccl.so"
+export LD_LIBRARY_PATH=$W/lib:$(dirname "$CUBLAS"):${LD_LIBRARY_PATH:-}
+for b in server materialize; do xz -dc "$G/$b.xz" > "$W/$b" && chmod +x "$W/$b" || exit 1; done
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$R/device.txt"
+nvidia-smi topo -m | head -6
+nproc; df -h /dev/shm "$W" | tail -2
+
+# The weights go to /dev/shm when it can hold the 70B (141 GB), else next to $W.
+M=$W/models
+[ "$(df --output=avail -B1G /dev/shm | tail -1)" -gt 160 ] && M=/dev/shm/vs-models
+mkdir -p "$M"; echo "models in $M"
+materialize() { # name config threads
+  local t; t=$(date +%s.%N)
+  "$W/materialize" --config "$2" --seed 0 --out "$M/$1" --threads "$3" > /dev/null || return 1
+  python3 -c "import json,sys,time,os; d=sys.argv[2]; print(json.dumps({'materialize': sys.argv[1], 'seconds': round(time.time() - float(sys.argv[3]), 1), 'bytes': sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))}))" \
+    "$1" "$M/$1" "$t" | tee -a "$R/materialize.jsonl"
+}
+bench() { # name model timeout args...
+  local name=$1 model=$2 limit=$3; shift 3
+  stamp "cuda-bench $name"
+  timeout "$limit" "$W/server" cuda-bench --model "$M/$model" --prompt 128 "$@" > "$R/bench_$name.json" 2> "$R/bench_$name.err"
+  echo "rc=$? $(tail -c 600 "$R/bench_$name.json") $(tail -2 "$R/bench_$name.err")"
+}
+
+stamp "materialize 8B"
+has eight && { materialize 8b "$G/config-8b.json" "$(nproc)" || exit 1; }
+if has seventy; then
+  stamp "materialize 70B (background)"
+  (materialize 70b "$G/config-70b.json" "${MAT_THREADS:-48}" > "$W/mat70.log" 2>&1) &
+  MAT=$!
+fi
+if has eight; then
+  # Teacher-forced logits one token a step (the decode graphs and their small
+  # all-reduces): NCCL's and the one-shot sums must agree with each other and with TP=1.
+  python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-128})))" > "$W/tokens.txt"
+  for run in tp1:1:nccl:0 tp2_oneshot:2:one-shot:0,1 tp4:4:nccl:0,1,2,3 tp4_oneshot:4:one-shot:0,1,2,3; do
+    IFS=: read -r name tp ar gpus <<< "$run"
+    stamp "logits 8B $name"
+    CUDA_VISIBLE_DEVICES=$gpus timeout 120 "$W/server" cuda-logits --model "$M/8b" --tokens "$W/tokens.txt" \
+      --out "$W/logits-$name.f32" --tensor-parallel "$tp" --all-reduce "$ar" --chunk 1 2>&1 | tail -2
+  done
+  python3 - "$W" <<'PY' | tee "$R/logits.json"
+import json, os, sys
+import numpy as np
+w = sys.argv[1]
+load = lambda n: np.fromfile(os.path.join(w, f"logits-{n}.f32"), dtype=np.float32).reshape(-1, 128256)
+ref = load("tp1")
+out = {}
+for a, b in (("tp2_oneshot", "tp1"), ("tp4", "tp1"), ("tp4_oneshot", "tp1"), ("tp4_oneshot", "tp4")):
+    try:
+        x, y = load(a), load(b)
+    except (OSError, ValueError) as e:
+        out[f"{a}_vs_{b}"] = str(e); continue
+    out[f"{a}_vs_{b}"] = {"rel": float(np.linalg.norm(x - y) / np.linalg.norm(y)),
+                         "top1": float((x.argmax(1) == y.argmax(1)).mean()), "finite": bool(np.isfinite(x).all())}
+print(json.dumps(out))
+PY
+  G8="--batch $BATCHES --gen-tokens $GEN"
+  CUDA_VISIBLE_DEVICES=0 bench 8b_tp1 8b 150 $G8 --tensor-parallel 1
+  CUDA_VISIBLE_DEVICES=0,1 bench 8b_tp2 8b 150 $G8 --tensor-parallel 2 --all-reduce nccl
+  CUDA_VISIBLE_DEVICES=0,1 bench 8b_tp2_oneshot 8b 150 $G8 --tensor-parallel 2 --all-reduce one-shot
+  bench 8b_tp4 8b 150 $G8 --tensor-parallel 4 --all-reduce nccl
+  bench 8b_tp4_oneshot 8b 150 $G8 --tensor-parallel 4 --all-reduce one-shot
+  rm -rf "$M/8b"
+fi
+if has seventy; then
+  stamp "waiting for the 70B weights"
+  # A call ends at 600 s: past MAT_DEADLINE the writer is stopped and its rate reported.
+  while kill -0 "$MAT" 2>/dev/null && [ "$(now)" -lt "${MAT_DEADLINE:-420}" ]; do sleep 5; done
+  if kill -0 "$MAT" 2>/dev/null; then
+    echo "materialize 70B unfinished at $(now) s: $(du -sb "$M" | cut -f1) bytes written"; kill "$MAT"
+  fi
+  cat "$W/mat70.log"; free -g | head -2
+  if [ -f "$M/70b/model.safetensors" ]; then
+    # Each run stops by END s, so the summary still comes back within the call.
+    bench 70b_tp4 70b $(( ${END:-575} - $(now) )) --batch "$BATCHES" --gen-tokens "$GEN70" --tensor-parallel 4 --all-reduce nccl
+    if [ "$(now)" -lt "${ONESHOT70_BEFORE:-430}" ]; then
+      bench 70b_tp4_oneshot 70b $(( ${END:-575} - $(now) )) --batch "$BATCHES" --gen-tokens "$GEN70" --tensor-parallel 4 --all-reduce one-shot
+    fi
+  fi
+  rm -rf "$M/70b"
+fi
+stamp "summary"
+python3 - "$R" <<'PY' > "$OUT/tp_x4.json"
+import json, os, sys
+res = sys.argv[1]
+out = {"device": open(os.path.join(res, "device.txt")).read().strip().splitlines(), "runs": {}}
+lg = os.path.join(res, "logits.json")
+out["logits"] = json.load(open(lg)) if os.path.exists(lg) else None
+mat = os.path.join(res, "materialize.jsonl")
+out["materialize"] = [json.loads(l) for l in open(mat)] if os.path.exists(mat) else []
+for f in sorted(os.listdir(res)):
+    if f.startswith("bench_") and f.endswith(".json"):
+        try:
+            out["runs"][f[6:-5]] = json.loads(open(os.path.join(res, f)).read())
+        except ValueError:
+            out["runs"][f[6:-5]] = None
+print(json.dumps(out))
+speed = {k: {b["batch"]: b["decode_tok_s"] for b in v["batches"]} for k, v in out["runs"].items() if v}
+print("decode tok/s        " + "".join(f"{'b' + str(b):>10}" for b in (1, 32, 128)), file=sys.stderr)
+for k, v in speed.items():
+    r = out["runs"][k]
+    print(f"{k:<20}" + "".join(f"{v.get(b, 0):>10.1f}" for b in (1, 32, 128))
+          + f"   floor {r['batch1_floor_tok_s']:.1f} ({(r['batch1_floor_ratio'] or 0):.0%}), copy {r['copy_bandwidth_gb_s']:.0f} GB/s", file=sys.stderr)
+base = speed.get("8b_tp1", {})
+for k in ("8b_tp2", "8b_tp2_oneshot", "8b_tp4", "8b_tp4_oneshot"):
+    if k in speed and base:
+        print(f"{k} / 8b_tp1: " + ", ".join(f"b{b} {speed[k][b] / base[b]:.2f}x" for b in speed[k] if b in base), file=sys.stderr)
+PY
