@@ -27,10 +27,14 @@
 //!   beyond the noise;
 //! * an infeasible candidate never beats a feasible incumbent.
 //!
-//! Drill-down: the client-side stage timings (time to first token = prefill and
-//! queueing, time per output token = decode) say which stage dominates; that goes to the
-//! planner as [`Hints`]. Hardware counters (`perf stat`) are not read: the machines this
-//! was built on report them as unsupported.
+//! Drill-down ([`stages`]): the server's own stage timings, scraped from `/metrics` when
+//! the measured part of a repetition starts (the first warm-up request has ended) and
+//! when it ends, become per-stage shares of the wall time, recorded with the round's
+//! metrics as `stage_*`; rules over them say what dominates and which skills target it,
+//! and that goes to the planner as [`Hints`]. A server without stage metrics falls back
+//! to the client-side timings (time to first token = prefill and queueing, time per
+//! output token = decode). Hardware counters (`perf stat`) are probed once per Evaluator;
+//! where they are unsupported (the machines this was built on), it says so once.
 //!
 //! `cargo vibeserve evaluate DIR` ([`command`]) runs the Judge and this Evaluator on a
 //! bundle of candidates that `build --stage` made on another machine ([`bundle`]).
@@ -41,6 +45,8 @@ pub mod bundle;
 pub mod command;
 /// The Judge of a `dummy` model (random safetensors weights).
 pub mod dummy;
+/// The server's per-stage timings and the hints drawn from them.
+pub mod stages;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -78,10 +84,13 @@ pub const CPU_BATCHED_DECODE_SKILLS: [&str; 2] = ["hardware/row-tile", "hardware
 pub const QUEUEING_FACTOR: f64 = 4.0;
 
 /// One server's repetitions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Measurement {
     /// Each repetition's metrics, in order.
     pub reps: Vec<Metrics>,
+    /// Each repetition's stage shares ([`stages::shares`]; empty where the server
+    /// reports no stages), in order.
+    pub stages: Vec<BTreeMap<String, f64>>,
 }
 
 impl Measurement {
@@ -90,15 +99,35 @@ impl Measurement {
         self.reps.iter().filter_map(|m| m.get(metric)).collect()
     }
 
-    /// The median over repetitions of every metric the harness names.
+    /// The median over repetitions of every metric the harness names and of every
+    /// stage share.
     pub fn medians(&self) -> BTreeMap<String, f64> {
-        crate::bench::metrics::metric_names()
+        let mut medians: BTreeMap<String, f64> = crate::bench::metrics::metric_names()
             .into_iter()
             .filter_map(|name| {
                 let values: Vec<f64> = self.reps.iter().filter_map(|m| m.get(&name)).collect();
                 median(&values).map(|v| (name, v))
             })
-            .collect()
+            .collect();
+        let names: std::collections::BTreeSet<&String> =
+            self.stages.iter().flat_map(|s| s.keys()).collect();
+        for name in names {
+            let values: Vec<f64> = self
+                .stages
+                .iter()
+                .filter_map(|s| s.get(name))
+                .copied()
+                .collect();
+            if let Some(v) = median(&values) {
+                medians.insert(name.clone(), v);
+            }
+        }
+        medians
+    }
+
+    fn push(&mut self, (metrics, stages): (Metrics, BTreeMap<String, f64>)) {
+        self.reps.push(metrics);
+        self.stages.push(stages);
     }
 }
 
@@ -160,6 +189,9 @@ impl Evaluator {
     /// An Evaluator for `manifest`'s workload and objective on `model`.
     pub fn new(manifest: &Manifest, model: &Path) -> Result<Evaluator, EvaluateError> {
         let workload = Workload::from_jsonl(&manifest.workload.requests)?;
+        if let Some(why) = stages::perf_unsupported() {
+            eprintln!("{why}; the drill-down uses the server's stage timings only");
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -180,15 +212,16 @@ impl Evaluator {
 
     /// Measures one server alone (round 0's baseline).
     pub fn measure(&self, server: &Path) -> Result<Measurement, EvaluateError> {
-        let reps = (0..self.reps)
-            .map(|_| self.one_rep(server))
-            .collect::<Result<_, _>>()?;
-        Ok(Measurement { reps })
+        let mut measured = Measurement::default();
+        for _ in 0..self.reps {
+            measured.push(self.one_rep(server)?);
+        }
+        Ok(measured)
     }
 
     /// Measures `candidate` against `incumbent`, interleaved, and applies the rule.
     pub fn compare(&self, candidate: &Path, incumbent: &Path) -> Result<Evaluation, EvaluateError> {
-        let (mut cand, mut inc) = (Vec::new(), Vec::new());
+        let (mut cand, mut inc) = (Measurement::default(), Measurement::default());
         for rep in 0..self.reps {
             if rep % 2 == 0 {
                 cand.push(self.one_rep(candidate)?);
@@ -198,8 +231,7 @@ impl Evaluator {
                 cand.push(self.one_rep(candidate)?);
             }
         }
-        let (candidate, incumbent) = (Measurement { reps: cand }, Measurement { reps: inc });
-        Ok(self.judge(candidate, incumbent))
+        Ok(self.judge(cand, inc))
     }
 
     /// Measures several candidates against one incumbent: each repetition runs the
@@ -215,14 +247,14 @@ impl Evaluator {
         let servers: Vec<&Path> = std::iter::once(incumbent)
             .chain(candidates.iter().copied())
             .collect();
-        let mut reps: Vec<Vec<Metrics>> = vec![Vec::new(); servers.len()];
+        let mut reps = vec![Measurement::default(); servers.len()];
         for rep in 0..self.reps {
             for k in 0..servers.len() {
                 let i = (k + rep) % servers.len();
                 reps[i].push(self.one_rep(servers[i])?);
             }
         }
-        let mut measured = reps.into_iter().map(|reps| Measurement { reps });
+        let mut measured = reps.into_iter();
         let incumbent = measured.next().expect("the incumbent is measured");
         let evaluations = measured
             .map(|candidate| self.judge(candidate, incumbent.clone()))
@@ -273,7 +305,9 @@ impl Evaluator {
         }
     }
 
-    fn one_rep(&self, server: &Path) -> Result<Metrics, EvaluateError> {
+    /// One repetition: the bench metrics, and the stage shares of the measured window
+    /// (from the end of the first warm-up request to the end of the run).
+    fn one_rep(&self, server: &Path) -> Result<(Metrics, BTreeMap<String, f64>), EvaluateError> {
         let port = free_port().map_err(EvaluateError::Port)?;
         let args: Vec<OsString> = vec![
             "serve".into(),
@@ -288,22 +322,27 @@ impl Evaluator {
             self.runtime
                 .block_on(ServerProcess::start(server, &args, port, HEALTH_TIMEOUT))?;
         let config = self.config(&process.url);
-        let result = self.runtime.block_on(async {
-            crate::bench::run(&config, &tokio_util::sync::CancellationToken::new()).await
-        });
+        let (result, shares) = self.runtime.block_on(measured_window(&config));
         drop(process);
-        Ok(result.metrics)
+        Ok((result.metrics, shares))
     }
 
     /// The planner's hints from one server's measurement: the dominant stage and the
     /// skills worth trying for it.
     pub fn hints(&self, measured: &Measurement) -> Hints {
-        let mut hints = hints(&measured.medians());
-        hints.suggest = suggest(
-            hints.dominant,
-            self.manifest.hardware.device(),
-            self.concurrency(),
-        );
+        let medians = measured.medians();
+        let device = self.manifest.hardware.device();
+        let mut hints = hints(&medians);
+        hints.suggest = suggest(hints.dominant, device, self.concurrency());
+        let shares: BTreeMap<String, f64> = medians
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(stages::SHARE_PREFIX))
+            .collect();
+        if let Some(drill) = stages::drill_down(&shares, device, self.concurrency()) {
+            eprintln!("  drill-down: {}", drill.notes.join("; "));
+            hints.dominant = drill.dominant;
+            hints.suggest = drill.suggest;
+        }
         hints
     }
 
@@ -360,6 +399,42 @@ impl Evaluator {
             progress: true,
         }
     }
+}
+
+/// Runs the bench and, beside it, scrapes the server's stage counters when the first
+/// request finishes (the measured window opens: warm-up requests give way to measured
+/// ones) and after the run; returns the run and the window's stage shares (empty when
+/// the server reports no stages).
+async fn measured_window(
+    config: &BenchConfig,
+) -> (crate::bench::BenchResult, BTreeMap<String, f64>) {
+    let client = reqwest::Client::new();
+    let url = config.base_url.as_str();
+    let before = stages::scrape(&client, url).await;
+    let done = tokio_util::sync::CancellationToken::new();
+    let bench = async {
+        let result = crate::bench::run(config, &tokio_util::sync::CancellationToken::new()).await;
+        done.cancel();
+        result
+    };
+    let opened = async {
+        let before = before.as_ref()?;
+        while !done.is_cancelled() {
+            tokio::time::sleep(stages::WINDOW_POLL).await;
+            match stages::scrape(&client, url).await {
+                Some(now) if now.finished > before.finished => return Some(now),
+                _ => {}
+            }
+        }
+        None
+    };
+    let (result, opened) = tokio::join!(bench, opened);
+    let after = stages::scrape(&client, url).await;
+    let shares = match (opened.or(before), after) {
+        (Some(start), Some(end)) => stages::shares(&start, &end),
+        _ => BTreeMap::new(),
+    };
+    (result, shares)
 }
 
 /// The constraints `medians` break, as `constraint (measured x)`.
@@ -427,7 +502,7 @@ pub fn hints(medians: &BTreeMap<String, f64>) -> Hints {
     };
     Hints {
         dominant: Some(dominant),
-        suggest: Vec::new(),
+        ..Hints::default()
     }
 }
 

@@ -247,6 +247,28 @@ pub struct HttpPlan {
     pub shutdown_grace_secs: u64,
     /// Milliseconds the idle engine sleeps between checks for shutdown.
     pub engine_idle_tick_ms: u64,
+    /// Milliseconds one engine step may run before the watchdog declares the engine
+    /// hung (its requests, later ones and `/health` then get 503). A safety limit, not a
+    /// performance choice: at its default it is left out of Plan.toml, so plans written
+    /// before it existed read the same and keep their digests.
+    #[serde(
+        default = "default_step_deadline_ms",
+        skip_serializing_if = "is_default_step_deadline"
+    )]
+    pub step_deadline_ms: u64,
+}
+
+/// Round 0's step deadline: far above any real step (a 512-token prefill chunk of an
+/// 8B model on 2 CPU cores takes about 30 s; a GPU step, milliseconds), so only a hang
+/// trips it, and short enough that a client is told within a minute.
+pub const DEFAULT_STEP_DEADLINE_MS: u64 = 60_000;
+
+fn default_step_deadline_ms() -> u64 {
+    DEFAULT_STEP_DEADLINE_MS
+}
+
+fn is_default_step_deadline(ms: &u64) -> bool {
+    *ms == DEFAULT_STEP_DEADLINE_MS
 }
 
 /// Round 0's continuous-batching limits: what a good generic engine ships.
@@ -274,6 +296,7 @@ pub const DEFAULT_HTTP: HttpPlan = HttpPlan {
     sse_keep_alive_secs: 5,
     shutdown_grace_secs: 30,
     engine_idle_tick_ms: 100,
+    step_deadline_ms: DEFAULT_STEP_DEADLINE_MS,
 };
 
 /// Round 0's KV-cache element type.
@@ -498,6 +521,7 @@ impl Plan {
                 "ENGINE_IDLE_TICK_MS",
                 int_literal(self.http.engine_idle_tick_ms),
             ),
+            c("STEP_DEADLINE_MS", int_literal(self.http.step_deadline_ms)),
         ]
     }
 

@@ -408,9 +408,14 @@ pub fn key_metrics(medians: &BTreeMap<String, f64>, objective: &str) -> BTreeMap
         "median_tpot_ms",
         "request_throughput",
     ];
+    // The server's stage shares (`stage_*`) are kept too: the drill-down's evidence.
     medians
         .iter()
-        .filter(|(k, _)| KEPT.contains(&k.as_str()) || k.as_str() == objective)
+        .filter(|(k, _)| {
+            KEPT.contains(&k.as_str())
+                || k.as_str() == objective
+                || k.starts_with(crate::evaluate::stages::SHARE_PREFIX)
+        })
         .map(|(k, v)| (k.clone(), *v))
         .collect()
 }
@@ -436,7 +441,7 @@ mod tests {
     use super::*;
 
     fn eval(violated: bool, incumbent_violated: bool, beats: bool, shrinks: bool) -> Evaluation {
-        let none = crate::evaluate::Measurement { reps: Vec::new() };
+        let none = crate::evaluate::Measurement::default();
         let broken = |b: bool| {
             if b {
                 vec!["p99_ttft_ms <= 2000".to_string()]

@@ -15,6 +15,13 @@ pub trait Backend: Send {
         pool: &mut BlockPool,
         logits: &mut Vec<f32>,
     ) -> Result<(), String>;
+
+    /// Time in the matrix products and in attention since the last call (which resets
+    /// it), for the server's stage metrics; `None` where the back end does not time its
+    /// kernels (the whole forward then counts as "other").
+    fn take_kernel_times(&mut self) -> Option<crate::kernels::KernelTimes> {
+        None
+    }
 }
 
 impl Backend for crate::model::Llama {
@@ -25,5 +32,9 @@ impl Backend for crate::model::Llama {
         logits: &mut Vec<f32>,
     ) -> Result<(), String> {
         Self::forward(self, batch, pool, logits).map_err(|e| e.to_string())
+    }
+
+    fn take_kernel_times(&mut self) -> Option<crate::kernels::KernelTimes> {
+        Some(self.kernels().take_times())
     }
 }

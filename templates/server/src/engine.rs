@@ -6,6 +6,8 @@
 //!
 //! One step is a list of named steps, as TGI's `batching_task`:
 //! wait → admit → drop cancelled → next batch → forward → sample → send → filter finished.
+//! The time of each goes to the stage metrics ([`clock`]); a forward that runs past its
+//! deadline fails every request with a 503 ([`watchdog`]).
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -19,15 +21,19 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::backend::Backend;
 use crate::batch::Batch;
 use crate::http::error::ApiError;
-use crate::http::metrics::Metrics;
+use crate::http::metrics::{Metrics, ServingStage};
 use crate::http::validate::ValidParams;
 use crate::kv_cache::BlockPool;
 use crate::plan;
 use crate::scheduler::{Logits, Scheduled, Scheduler, SeqId, Sequence, StepPlan};
 use crate::tokenizer::Tokenizer;
 
+mod clock;
 mod sequence;
+pub mod watchdog;
+use clock::StageClock;
 use sequence::Active;
+use watchdog::Watch;
 
 /// A validated, tokenized request for the engine.
 #[derive(Debug, Clone)]
@@ -86,6 +92,8 @@ pub enum Event {
     },
     /// The sequence failed; nothing follows.
     Failed(String),
+    /// The engine cannot finish the sequence (it is hung): a 503; nothing follows.
+    Unavailable(&'static str),
 }
 
 /// The engine is accepting requests.
@@ -94,15 +102,19 @@ const RUNNING: u8 = 0;
 const SHUTTING_DOWN: u8 = 1;
 /// The engine thread has exited.
 const STOPPED: u8 = 2;
+/// A step ran past its deadline: no new requests, live ones failed.
+const HUNG: u8 = 3;
 
 /// State shared by the handle and the engine thread.
 #[derive(Debug)]
 struct Shared {
     /// Requests submitted and not yet admitted (or dropped).
     waiting: AtomicUsize,
-    /// `RUNNING`, `SHUTTING_DOWN` or `STOPPED`.
+    /// `RUNNING`, `SHUTTING_DOWN`, `STOPPED` or `HUNG`.
     state: AtomicU8,
     metrics: Arc<Metrics>,
+    /// What the step watchdog looks at.
+    watch: Watch,
 }
 
 /// A place in the admission queue; gives it back when dropped (on admission, or
@@ -177,6 +189,7 @@ impl EngineHandle {
         }
         let permit = QueuePermit::acquire(&self.shared)?;
         let (events, rx) = unbounded_channel();
+        self.shared.watch.register(&events);
         let submission = Submission {
             request,
             events,
@@ -194,6 +207,7 @@ impl EngineHandle {
         match self.shared.state.load(Ordering::Acquire) {
             RUNNING => None,
             SHUTTING_DOWN => Some("the server is shutting down"),
+            HUNG => Some(watchdog::HUNG_MESSAGE),
             _ => Some("the engine has stopped"),
         }
     }
@@ -216,16 +230,19 @@ impl EngineHandle {
 }
 
 /// Starts the engine thread, which owns `model` (the CPU or GPU back end) until every
-/// handle is dropped.
+/// handle is dropped, and its watchdog, which fails every request once a forward runs
+/// longer than `step_deadline`.
 pub fn start(
     model: Box<dyn Backend>,
     tokenizer: Arc<Tokenizer>,
     metrics: Arc<Metrics>,
+    step_deadline: Duration,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let shared = Arc::new(Shared {
         waiting: AtomicUsize::new(0),
         state: AtomicU8::new(RUNNING),
         metrics,
+        watch: Watch::new(),
     });
     let (commands, inbox) = mpsc::channel();
     let engine = Engine {
@@ -238,10 +255,14 @@ pub fn start(
         shared: shared.clone(),
         next_id: 0,
         logits: Vec::new(),
+        clock: StageClock::default(),
+        forwards: 0,
+        hang_at: watchdog::injected_hang(),
     };
     let thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || engine.run())?;
+    watchdog::spawn(shared.clone(), step_deadline)?;
     Ok((EngineHandle { commands, shared }, thread))
 }
 
@@ -258,6 +279,12 @@ struct Engine {
     next_id: SeqId,
     /// Logits of the last step, `VOCAB_SIZE` per requested row.
     logits: Vec<f32>,
+    /// Time per stage since the last loop turn.
+    clock: StageClock,
+    /// Forwards run so far.
+    forwards: u64,
+    /// The forward that fault injection hangs ([`watchdog::FAULT_ENV`]).
+    hang_at: Option<u64>,
 }
 
 impl Engine {
@@ -267,14 +294,21 @@ impl Engine {
         // `/health` and new requests see it.
         let _stopped = MarkStopped(self.shared.clone());
         while self.wait() {
+            let turn = Instant::now();
             self.admit();
             self.drop_cancelled();
             let plan = self.scheduler.schedule(&mut self.pool);
+            let mut stepping = Duration::ZERO;
             if !plan.is_empty() {
+                let step = Instant::now();
                 self.step(&plan);
+                stepping = step.elapsed();
             }
             self.filter_finished();
             self.publish_metrics();
+            let scheduling = turn.elapsed().saturating_sub(stepping);
+            self.clock.add(ServingStage::Schedule, scheduling);
+            self.clock.flush(&self.shared.metrics);
         }
     }
 
@@ -322,7 +356,7 @@ impl Engine {
         let score_prompt = req.params.echo && req.params.logprobs.is_some();
         let mut active = Active::new(&req, s.events, s.arrived, s.permit, &self.tokenizer);
         if req.max_new_tokens == 0 && !score_prompt {
-            active.finish(FinishReason::Length);
+            active.finish(FinishReason::Length, &self.shared.metrics);
             return;
         }
         let seq = Sequence::new(id, req.prompt, req.max_new_tokens, score_prompt);
@@ -357,6 +391,13 @@ impl Engine {
         let m = &self.shared.metrics;
         m.prefix_cache_queries.inc_by(plan.prefix_queried as u64);
         m.prefix_cache_hits.inc_by(plan.prefix_hits as u64);
+        let decode_tokens = self.decode_tokens(plan);
+        self.forwards += 1;
+        self.shared.watch.step_begins();
+        if self.hang_at == Some(self.forwards) {
+            watchdog::hang();
+        }
+        let started = Instant::now();
         let forward = {
             let Self {
                 model,
@@ -374,8 +415,19 @@ impl Engine {
                 }
             })
         };
+        self.shared.watch.step_ends();
+        let kernels = self.model.take_kernel_times();
+        let forward_time = started.elapsed();
+        self.clock
+            .forward(forward_time, kernels, decode_tokens, plan.tokens());
         match forward {
-            Ok(()) => self.sample(plan),
+            Ok(()) => {
+                let sampling = Instant::now();
+                let detokenizing = self.sample(plan);
+                let sample_time = sampling.elapsed().saturating_sub(detokenizing);
+                self.clock.add(ServingStage::Sample, sample_time);
+                self.clock.add(ServingStage::Detokenize, detokenizing);
+            }
             Err(message) => {
                 for item in &plan.items {
                     self.fail(item.id, &format!("the engine step failed: {message}"));
@@ -384,9 +436,23 @@ impl Engine {
         }
     }
 
+    /// Tokens of the step that extend a sequence past its prompt (decodes).
+    fn decode_tokens(&self, plan: &StepPlan) -> usize {
+        let decoding = |item: &&Scheduled| {
+            let seq = self.scheduler.get(item.id);
+            seq.is_some_and(|s| item.start >= s.prompt_len)
+        };
+        plan.items
+            .iter()
+            .filter(decoding)
+            .map(|item| item.len)
+            .sum()
+    }
+
     /// Reads each sequence's logits rows: scores prompt tokens, samples new tokens,
-    /// and sends the events.
-    fn sample(&mut self, plan: &StepPlan) {
+    /// and sends the events. Returns the time spent detokenizing.
+    fn sample(&mut self, plan: &StepPlan) -> Duration {
+        let mut detokenizing = Duration::ZERO;
         let mut row = 0;
         for item in &plan.items {
             self.scheduler.computed(item.id, item.len, &self.pool);
@@ -412,14 +478,17 @@ impl Engine {
                 active.send_prompt_scores();
             }
             if seq.generated() >= seq.max_new {
-                active.finish(FinishReason::Length);
+                active.finish(FinishReason::Length, &self.shared.metrics);
                 continue;
             }
             let last = &mut logits[(rows - 1) * plan::VOCAB_SIZE..];
-            if let Some(token) = active.next_token(last, &self.tokenizer, &self.shared.metrics) {
+            let metrics = &self.shared.metrics;
+            let next = active.next_token(last, &self.tokenizer, metrics, &mut detokenizing);
+            if let Some(token) = next {
                 self.scheduler.push_token(item.id, token);
             }
         }
+        detokenizing
     }
 
     /// Removes finished sequences; their blocks return to the pool.

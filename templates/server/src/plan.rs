@@ -97,3 +97,6 @@ pub const SHUTDOWN_GRACE_SECS: u64 = 30;
 /// How long the idle engine thread sleeps waiting for a request before checking for
 /// shutdown, in milliseconds.
 pub const ENGINE_IDLE_TICK_MS: u64 = 100;
+/// Milliseconds one engine step may run before the watchdog declares the engine hung
+/// and fails its requests with 503.
+pub const STEP_DEADLINE_MS: u64 = 60_000;

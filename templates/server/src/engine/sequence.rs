@@ -1,12 +1,12 @@
 //! The engine's per-request state: the client's event channel, the sampler and
 //! detokenizer (stop ids and strings), and the latency clocks.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Event, FinishReason, GenerateRequest, QueuePermit, TokenScore};
-use crate::http::metrics::Metrics;
+use crate::http::metrics::{Metrics, ServingStage};
 use crate::plan;
 use crate::sampler::{self, Detokenizer, SampledToken, SequenceSampler, StopReason};
 use crate::scheduler::{Scheduled, Sequence};
@@ -67,10 +67,12 @@ impl Active {
         self.finished
     }
 
-    /// The sequence left the queue: give the queue place back, count its prompt.
+    /// The sequence left the queue: give the queue place back, count its prompt and
+    /// its time in the queue.
     pub(super) fn admitted(&mut self, metrics: &Metrics) {
         if self.permit.take().is_some() {
             metrics.prompt_tokens.inc_by(u64::from(self.prompt_tokens));
+            metrics.add_stage(ServingStage::QueueWait, self.arrived.elapsed());
         }
     }
 
@@ -98,12 +100,14 @@ impl Active {
     /// Samples the next token from `logits` (the row after the sequence's last
     /// token; used as scratch), sends its text, and finishes the sequence on a stop
     /// id, a stop string or `max_tokens`. Returns the token, or `None` (and fails
-    /// the sequence) when no token can be sampled.
+    /// the sequence) when no token can be sampled. Adds the time spent turning the
+    /// token into text to `detokenizing`.
     pub(super) fn next_token(
         &mut self,
         logits: &mut [f32],
         tokenizer: &Tokenizer,
         metrics: &Metrics,
+        detokenizing: &mut Duration,
     ) -> Option<u32> {
         let sampled = match self.sampler.sample(logits) {
             Ok(sampled) => sampled,
@@ -115,6 +119,7 @@ impl Active {
         let token = sampled.id;
         self.generated += 1;
         self.clock(metrics);
+        let detokenize = Instant::now();
         let mut text = String::new();
         let stop = self.detokenizer.push(tokenizer, token, &mut text);
         let finish = match stop {
@@ -125,6 +130,7 @@ impl Active {
             }
             None => None,
         };
+        *detokenizing += detokenize.elapsed();
         let score = self.logprobs.map(|_| token_score(sampled));
         self.send(Event::Token {
             id: token,
@@ -132,7 +138,7 @@ impl Active {
             score,
         });
         if let Some(reason) = finish {
-            self.finish(reason);
+            self.finish(reason, metrics);
         }
         Some(token)
     }
@@ -149,9 +155,10 @@ impl Active {
     }
 
     /// Ends the sequence normally.
-    pub(super) fn finish(&mut self, finish: FinishReason) {
+    pub(super) fn finish(&mut self, finish: FinishReason, metrics: &Metrics) {
         if !self.finished {
             self.finished = true;
+            metrics.finished.inc();
             self.send(Event::Done {
                 finish,
                 prompt_tokens: self.prompt_tokens,

@@ -63,7 +63,7 @@ pub async fn handle(
         params,
     })?;
     if stream {
-        return Ok(stream::sse_response(events, format));
+        return Ok(stream::sse_response(events, format, app.metrics.clone()));
     }
     let mut content = String::new();
     let mut logprobs = format.logprobs.map(|_| ChatLogprobs::default());
@@ -85,6 +85,7 @@ pub async fn handle(
                 usage = Usage::new(prompt_tokens, completion_tokens);
             }
             Event::Failed(message) => return Err(ApiError::Internal(message)),
+            Event::Unavailable(why) => return Err(ApiError::Unavailable(why)),
             Event::PromptScores(_) => {}
         }
     }
@@ -208,6 +209,7 @@ impl ChunkFormat for ChatFormat {
                 }
             }
             Event::Failed(message) => return Err(ApiError::Internal(message)),
+            Event::Unavailable(why) => return Err(ApiError::Unavailable(why)),
             Event::PromptScores(_) => {}
         }
         Ok(out)

@@ -58,7 +58,7 @@ pub async fn handle(
         params,
     })?;
     if stream {
-        return Ok(stream::sse_response(events, format));
+        return Ok(stream::sse_response(events, format, app.metrics.clone()));
     }
     let mut choice = format.empty_choice();
     let mut usage = None;
@@ -140,6 +140,7 @@ impl CompletionFormat {
             }
             Event::Done { finish, .. } => choice.finish_reason = Some(finish),
             Event::Failed(message) => return Err(ApiError::Internal(message)),
+            Event::Unavailable(why) => return Err(ApiError::Unavailable(why)),
         }
         Ok(Some(choice))
     }

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// The model id clients pass as `model` (default: the file name without `.gguf`).
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Milliseconds an engine step may run before the server declares the engine hung
+    /// (requests then get 503, `/health` too).
+    #[arg(long, default_value_t = plan::STEP_DEADLINE_MS)]
+    pub step_deadline_ms: u64,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -75,8 +79,10 @@ pub fn run(args: &ServeArgs) -> Result<(), ServeError> {
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::new());
     let io = |what| move |source| ServeError::Io { what, source };
-    let (engine, engine_thread) = engine::start(model, tokenizer.clone(), metrics.clone())
-        .map_err(io("starting the engine thread"))?;
+    let deadline = std::time::Duration::from_millis(args.step_deadline_ms);
+    let (engine, engine_thread) =
+        engine::start(model, tokenizer.clone(), metrics.clone(), deadline)
+            .map_err(io("starting the engine thread"))?;
     let model_id = args.served_model_name.clone().unwrap_or_else(|| {
         let stem = args.model.file_stem().map(|s| s.to_string_lossy());
         stem.map_or_else(|| plan::TARGET.to_string(), |s| s.into_owned())

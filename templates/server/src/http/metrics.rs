@@ -4,6 +4,9 @@
 //! gauges and observes the latency histograms once per step (every metric is atomic,
 //! so no lock is held on the hot path).
 
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +24,93 @@ const TTFT_FIRST_BUCKET_S: f64 = 0.005;
 const ITL_FIRST_BUCKET_S: f64 = 0.001;
 /// Histogram buckets (each twice the last): 5 ms .. 41 s for TTFT, 1 ms .. 8 s for ITL.
 const BUCKETS: u16 = 14;
+
+/// A stage of serving a request, as `vibeserve_stage_seconds_total{stage}` names it.
+///
+/// The engine stages partition the one engine thread's busy time, so over any interval
+/// their sum is at most the interval's wall time. The request stages are summed over
+/// requests (they overlap one another), so over an interval their sum divided by its wall
+/// time is the mean number of requests in that stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingStage {
+    /// Engine: admitting, scheduling, freeing and publishing gauges between forwards.
+    Schedule,
+    /// Engine: the matrix products of prompt tokens.
+    PrefillProducts,
+    /// Engine: attention over the cache for prompt tokens.
+    PrefillAttention,
+    /// Engine: the rest of a prompt token's forward (norms, RoPE, activation
+    /// quantization, K/V writes; all of it on a back end that times no kernels).
+    PrefillOther,
+    /// Engine: the matrix products of decoded tokens.
+    DecodeProducts,
+    /// Engine: attention over the cache for decoded tokens.
+    DecodeAttention,
+    /// Engine: the rest of a decoded token's forward.
+    DecodeOther,
+    /// Engine: sampling from logits and scoring logprobs.
+    Sample,
+    /// Engine: turning tokens into text and checking stop strings.
+    Detokenize,
+    /// Request: from arrival to its first scheduled step.
+    QueueWait,
+    /// Request: tokenizing the prompt (HTTP worker).
+    Tokenize,
+    /// Request: formatting streamed chunks (HTTP worker).
+    Respond,
+}
+
+impl ServingStage {
+    /// Every stage, engine stages first.
+    pub const ALL: [ServingStage; 12] = [
+        Self::Schedule,
+        Self::PrefillProducts,
+        Self::PrefillAttention,
+        Self::PrefillOther,
+        Self::DecodeProducts,
+        Self::DecodeAttention,
+        Self::DecodeOther,
+        Self::Sample,
+        Self::Detokenize,
+        Self::QueueWait,
+        Self::Tokenize,
+        Self::Respond,
+    ];
+
+    /// The `stage` label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::PrefillProducts => "prefill_products",
+            Self::PrefillAttention => "prefill_attention",
+            Self::PrefillOther => "prefill_other",
+            Self::DecodeProducts => "decode_products",
+            Self::DecodeAttention => "decode_attention",
+            Self::DecodeOther => "decode_other",
+            Self::Sample => "sample",
+            Self::Detokenize => "detokenize",
+            Self::QueueWait => "queue_wait",
+            Self::Tokenize => "tokenize",
+            Self::Respond => "respond",
+        }
+    }
+
+    /// Whether the engine thread spends this time (else it is per request).
+    pub fn on_engine(self) -> bool {
+        !matches!(self, Self::QueueWait | Self::Tokenize | Self::Respond)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Labels of a serving stage's time.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// [`ServingStage::as_str`].
+    pub stage: &'static str,
+}
 
 /// Labels of a finished HTTP request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +149,10 @@ pub struct Metrics {
     pub ttft: Histogram,
     /// Time between consecutive generated tokens of one sequence.
     pub inter_token: Histogram,
+    /// Sequences that ended normally (stop or length).
+    pub finished: Counter,
+    /// Seconds per serving stage, indexed by [`ServingStage`] (see [`Metrics::add_stage`]).
+    stages: Vec<Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -78,6 +172,8 @@ impl Metrics {
             prefix_cache_hits: Counter::default(),
             ttft: Histogram::new(exponential_buckets(TTFT_FIRST_BUCKET_S, 2.0, BUCKETS)),
             inter_token: Histogram::new(exponential_buckets(ITL_FIRST_BUCKET_S, 2.0, BUCKETS)),
+            finished: Counter::default(),
+            stages: Vec::new(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests answered", m.requests.clone());
@@ -135,7 +231,34 @@ impl Metrics {
             "Between generated tokens",
             itl,
         );
-        Self { registry, ..m }
+        let finished = m.finished.clone();
+        registry.register("finished_sequences", "Sequences ended normally", finished);
+        let family = Family::<StageLabels, Counter<f64, AtomicU64>>::default();
+        let stages = ServingStage::ALL
+            .iter()
+            .map(|s| {
+                family
+                    .get_or_create(&StageLabels { stage: s.as_str() })
+                    .clone()
+            })
+            .collect();
+        registry.register(
+            "stage_seconds",
+            "Seconds per serving stage (engine stages: the engine thread's; others: summed over requests)",
+            family,
+        );
+        Self {
+            registry,
+            stages,
+            ..m
+        }
+    }
+
+    /// Adds `time` to a stage's seconds.
+    pub fn add_stage(&self, stage: ServingStage, time: Duration) {
+        if !time.is_zero() {
+            self.stages[stage.index()].inc_by(time.as_secs_f64());
+        }
     }
 
     /// Counts one answered request.
@@ -204,7 +327,23 @@ mod tests {
             sample(&text, "vibeserve_time_to_first_token_seconds_count"),
             Some(1.0)
         );
+        m.add_stage(ServingStage::DecodeProducts, Duration::from_millis(250));
+        let text = m.render();
+        let stage =
+            |s: ServingStage| format!("vibeserve_stage_seconds_total{{stage=\"{}\"}}", s.as_str());
+        assert_eq!(
+            sample(&text, &stage(ServingStage::DecodeProducts)),
+            Some(0.25)
+        );
+        for s in ServingStage::ALL {
+            assert!(
+                sample(&text, &stage(s)).is_some(),
+                "{} missing:\n{text}",
+                s.as_str()
+            );
+        }
         for name in [
+            "vibeserve_finished_sequences_total",
             "vibeserve_prompt_tokens_total",
             "vibeserve_running_sequences",
             "vibeserve_kv_blocks_used",

@@ -52,12 +52,14 @@ impl AppState {
     /// Token ids of a prompt; special-token text (`<|im_start|>`) becomes its id, as
     /// llama-server does, so chat-formatted text prompts work.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        self.tokenizer
-            .encode(text, true)
-            .map_err(|e| ApiError::InvalidParam {
-                param: "prompt",
-                message: format!("cannot be tokenized: {e}"),
-            })
+        let started = std::time::Instant::now();
+        let ids = self.tokenizer.encode(text, true);
+        self.metrics
+            .add_stage(metrics::ServingStage::Tokenize, started.elapsed());
+        ids.map_err(|e| ApiError::InvalidParam {
+            param: "prompt",
+            message: format!("cannot be tokenized: {e}"),
+        })
     }
 
     /// The text of token ids, special tokens written out.
@@ -132,6 +134,7 @@ async fn collect_events(mut events: UnboundedReceiver<Event>) -> Result<Vec<Even
     while let Some(event) = events.recv().await {
         match event {
             Event::Failed(message) => return Err(ApiError::Internal(message)),
+            Event::Unavailable(why) => return Err(ApiError::Unavailable(why)),
             Event::Done { .. } => {
                 all.push(event);
                 return Ok(all);

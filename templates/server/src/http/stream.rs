@@ -4,7 +4,8 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::ApiError;
+use super::metrics::{Metrics, ServingStage};
 use crate::engine::Event;
 use crate::plan;
 
@@ -36,19 +38,26 @@ struct StreamState<F> {
     format: F,
     pending: VecDeque<String>,
     finished: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// The SSE response for a request whose engine events arrive on `events`.
 ///
 /// Ends with `data: [DONE]` after the engine's `Done`; if the engine fails or goes
 /// away first, an OpenAI error object is sent as a last data event before `[DONE]`,
-/// so the client is never left hanging.
-pub fn sse_response<F: ChunkFormat>(events: UnboundedReceiver<Event>, format: F) -> Response {
+/// so the client is never left hanging. The time spent formatting chunks goes to the
+/// `respond` stage of `metrics`.
+pub fn sse_response<F: ChunkFormat>(
+    events: UnboundedReceiver<Event>,
+    format: F,
+    metrics: Arc<Metrics>,
+) -> Response {
     let state = StreamState {
         events,
         format,
         pending: VecDeque::new(),
         finished: false,
+        metrics,
     };
     let body = stream::unfold(state, |mut s| async move {
         loop {
@@ -61,7 +70,11 @@ pub fn sse_response<F: ChunkFormat>(events: UnboundedReceiver<Event>, format: F)
             match s.events.recv().await {
                 Some(event) => {
                     let done = matches!(event, Event::Done { .. });
-                    match s.format.chunks(event) {
+                    let started = Instant::now();
+                    let chunks = s.format.chunks(event);
+                    s.metrics
+                        .add_stage(ServingStage::Respond, started.elapsed());
+                    match chunks {
                         Ok(chunks) => s.pending.extend(chunks),
                         Err(e) => {
                             s.pending.push_back(error_data(&e));
@@ -105,6 +118,7 @@ mod tests {
                 Event::Done { .. } => vec![json(&"end")?],
                 Event::PromptScores(_) => vec![],
                 Event::Failed(msg) => return Err(ApiError::Internal(msg)),
+                Event::Unavailable(why) => return Err(ApiError::Unavailable(why)),
             })
         }
     }
@@ -133,7 +147,7 @@ mod tests {
             completion_tokens: 2,
         };
         tx.send(done).expect("open");
-        let response = sse_response(rx, Echo);
+        let response = sse_response(rx, Echo, Arc::new(Metrics::new()));
         let content_type = response.headers()["content-type"].to_str().expect("ascii");
         assert_eq!(content_type, "text/event-stream");
         let body = body_of(response).await;
@@ -153,7 +167,7 @@ mod tests {
         };
         tx.send(token).expect("open");
         drop(tx);
-        let body = body_of(sse_response(rx, Echo)).await;
+        let body = body_of(sse_response(rx, Echo, Arc::new(Metrics::new()))).await;
         let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 3, "{body}");
         assert!(events[1].starts_with("data: {\"error\":"), "{body}");

@@ -77,6 +77,7 @@ impl Kernels {
         q: &[f32],
         out: &mut [f32],
     ) -> Result<(), KernelError> {
+        let _timed = super::Timed::new(&self.attention_ns);
         let n = batch.len();
         if q.len() != n * Q_WIDTH || out.len() != n * Q_WIDTH {
             return Err(KernelError::Shape {

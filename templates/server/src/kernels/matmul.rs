@@ -218,6 +218,7 @@ impl Kernels {
     /// Computes every job's product with the same activations in one pool
     /// dispatch (so q/k/v or gate/up share one barrier).
     pub fn matmul(&self, acts: &Acts, jobs: &mut [MatJob<'_, '_>]) -> Result<(), KernelError> {
+        let _timed = super::Timed::new(&self.products_ns);
         for j in jobs.iter() {
             check_job(acts, j)?;
         }
