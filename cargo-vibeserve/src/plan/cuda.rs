@@ -54,6 +54,43 @@ pub struct CudaPlan {
     /// while the other computes) instead of running them one after the other.
     #[serde(default)]
     pub overlap_comm: bool,
+    /// Products of at most this many tokens (decode at small batch) run the hand-written
+    /// bandwidth-bound GEMV kernel instead of cuBLAS; 0: cuBLAS always (at most 8).
+    #[serde(default = "default_gemv_max_tokens")]
+    pub gemv_max_tokens: usize,
+    /// Output rows each warp of the GEMV kernel computes (1, 2 or 4).
+    #[serde(default = "default_gemv_rows_per_warp")]
+    pub gemv_rows_per_warp: usize,
+    /// Warps per block of the GEMV kernel.
+    #[serde(default = "default_gemv_warps")]
+    pub gemv_warps: usize,
+    /// Launch the GEMV with programmatic dependent launch (Hopper): its blocks start and
+    /// stream weights while the previous kernel finishes. Absent in older plans: true.
+    #[serde(default = "default_gemv_early_launch")]
+    pub gemv_early_launch: bool,
+}
+
+/// The weights a GEMV reads do not depend on the kernel before it, so starting early
+/// hides the launch gap between kernels (many small ones per decode step).
+fn default_gemv_early_launch() -> bool {
+    true
+}
+
+/// Round 0's GEMV: every decode step of up to 8 sequences (llama.cpp's own matrix-vector
+/// kernels take batches up to 8 for the same reason: cuBLAS's small-m kernels leave
+/// bandwidth unused). Also what plans written before the field read as.
+fn default_gemv_max_tokens() -> usize {
+    8
+}
+
+/// Two rows a warp: two weight streams in flight per lane.
+fn default_gemv_rows_per_warp() -> usize {
+    2
+}
+
+/// Four warps a block: 128-thread blocks, many per multiprocessor.
+fn default_gemv_warps() -> usize {
+    4
 }
 
 /// The all-reduce that sums tensor-parallel partial outputs.
@@ -115,6 +152,10 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         tensor_parallel: gpus,
         all_reduce: AllReduce::Nccl,
         overlap_comm: false,
+        gemv_max_tokens: default_gemv_max_tokens(),
+        gemv_rows_per_warp: default_gemv_rows_per_warp(),
+        gemv_warps: default_gemv_warps(),
+        gemv_early_launch: default_gemv_early_launch(),
     }
 }
 
@@ -226,6 +267,10 @@ impl Plan {
             c("TENSOR_PARALLEL", int(cuda.tensor_parallel)),
             c("ALL_REDUCE", cuda.all_reduce.rust_path().to_string()),
             c("OVERLAP_COMM", cuda.overlap_comm.to_string()),
+            c("CUDA_GEMV_MAX_TOKENS", int(cuda.gemv_max_tokens)),
+            c("CUDA_GEMV_ROWS_PER_WARP", int(cuda.gemv_rows_per_warp)),
+            c("CUDA_GEMV_WARPS", int(cuda.gemv_warps)),
+            c("CUDA_GEMV_EARLY_LAUNCH", cuda.gemv_early_launch.to_string()),
         ])
     }
 }
@@ -323,7 +368,15 @@ mod tests {
     fn plans_written_before_tensor_parallelism_read_as_one_gpu() {
         let mut value = toml::Value::try_from(default_cuda("sm_90a", 4)).unwrap();
         let table = value.as_table_mut().unwrap();
-        for key in ["tensor_parallel", "all_reduce", "overlap_comm"] {
+        for key in [
+            "tensor_parallel",
+            "all_reduce",
+            "overlap_comm",
+            "gemv_max_tokens",
+            "gemv_rows_per_warp",
+            "gemv_warps",
+            "gemv_early_launch",
+        ] {
             table.remove(key);
         }
         let old: CudaPlan = value.try_into().unwrap();

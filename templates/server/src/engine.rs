@@ -357,6 +357,8 @@ impl Engine {
         let m = &self.shared.metrics;
         m.prefix_cache_queries.inc_by(plan.prefix_queried as u64);
         m.prefix_cache_hits.inc_by(plan.prefix_hits as u64);
+        let greedy = self.greedy_rows(plan);
+        let mut picked = Vec::new();
         let forward = {
             let Self {
                 model,
@@ -367,7 +369,9 @@ impl Engine {
             } = self;
             let batch = build_batch(plan, scheduler);
             batch.map_err(|e| e.to_string()).and_then(|batch| {
-                let run = catch_unwind(AssertUnwindSafe(|| model.forward(&batch, pool, logits)));
+                let run = catch_unwind(AssertUnwindSafe(|| {
+                    model.forward_greedy(&batch, pool, logits, &greedy, &mut picked)
+                }));
                 match run {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err("the model panicked".to_string()),
@@ -375,7 +379,7 @@ impl Engine {
             })
         };
         match forward {
-            Ok(()) => self.sample(plan),
+            Ok(()) => self.sample(plan, &picked),
             Err(message) => {
                 for item in &plan.items {
                     self.fail(item.id, &format!("the engine step failed: {message}"));
@@ -384,9 +388,27 @@ impl Engine {
         }
     }
 
-    /// Reads each sequence's logits rows: scores prompt tokens, samples new tokens,
-    /// and sends the events.
-    fn sample(&mut self, plan: &StepPlan) {
+    /// Per logits row of the step: whether only its argmax is needed (a sequence's
+    /// last row, sampled plainly greedily), so the model may choose it on the device.
+    fn greedy_rows(&self, plan: &StepPlan) -> Vec<bool> {
+        let mut greedy = Vec::new();
+        for item in &plan.items {
+            match item.logits {
+                Logits::None => {}
+                Logits::Last => greedy.push(
+                    self.active
+                        .get(&item.id)
+                        .is_some_and(|active| active.plain_greedy()),
+                ),
+                Logits::All => greedy.extend(std::iter::repeat_n(false, item.len)),
+            }
+        }
+        greedy
+    }
+
+    /// Reads each sequence's logits rows (or the token the model chose for a greedy
+    /// row, `picked`): scores prompt tokens, samples new tokens, and sends the events.
+    fn sample(&mut self, plan: &StepPlan, picked: &[Option<u32>]) {
         let mut row = 0;
         for item in &plan.items {
             self.scheduler.computed(item.id, item.len, &self.pool);
@@ -396,6 +418,9 @@ impl Engine {
                 Logits::All => item.len,
             };
             let logits = &mut self.logits[row * plan::VOCAB_SIZE..(row + rows) * plan::VOCAB_SIZE];
+            let chosen = rows
+                .checked_sub(1)
+                .and_then(|last| picked.get(row + last).copied().flatten());
             row += rows;
             let (Some(seq), Some(active)) =
                 (self.scheduler.get(item.id), self.active.get_mut(&item.id))
@@ -415,8 +440,15 @@ impl Engine {
                 active.finish(FinishReason::Length);
                 continue;
             }
-            let last = &mut logits[(rows - 1) * plan::VOCAB_SIZE..];
-            if let Some(token) = active.next_token(last, &self.tokenizer, &self.shared.metrics) {
+            let (tokenizer, metrics) = (&self.tokenizer, &self.shared.metrics);
+            let token = match chosen {
+                Some(token) => Some(active.accept_token(token, tokenizer, metrics)),
+                None => {
+                    let last = &mut logits[(rows - 1) * plan::VOCAB_SIZE..];
+                    active.next_token(last, tokenizer, metrics)
+                }
+            };
+            if let Some(token) = token {
                 self.scheduler.push_token(item.id, token);
             }
         }
