@@ -1,5 +1,5 @@
 //! Build script of a CUDA server (the template part `cuda` brings it): compiles
-//! `cuda/kernels.cu` with nvcc for the plan's GPU architecture, writes the Rust
+//! `cuda/kernels.cu` and `cuda/gemv.cu` with nvcc for the plan's GPU architecture, writes the Rust
 //! declarations of its launchers with bindgen, links the static CUDA runtime, and
 //! turns on `cfg(vibeserve_cuda)` so `src/lib.rs` compiles the `cuda` module.
 //!
@@ -57,6 +57,7 @@ fn main() {
         .include(home.join("include"))
         .file("cuda/kernels.cu")
         .file("cuda/comm.cu")
+        .file("cuda/gemv.cu")
         .compile("vibeserve_kernels");
     for lib in ["lib", "lib64", "targets/x86_64-linux/lib"] {
         if home.join(lib).is_dir() {

@@ -65,6 +65,20 @@ pub struct CudaPlan {
     /// error (below the communicator's deadline, so a step fails instead of hanging).
     #[serde(default = "default_one_shot_timeout_ms")]
     pub one_shot_timeout_ms: usize,
+    /// Products of at most this many tokens (decode at small batch) run the hand-written
+    /// bandwidth-bound GEMV kernel instead of cuBLAS; 0: cuBLAS always (at most 8).
+    #[serde(default = "default_gemv_max_tokens")]
+    pub gemv_max_tokens: usize,
+    /// Output rows each warp of the GEMV kernel computes (1, 2 or 4).
+    #[serde(default = "default_gemv_rows_per_warp")]
+    pub gemv_rows_per_warp: usize,
+    /// Warps per block of the GEMV kernel.
+    #[serde(default = "default_gemv_warps")]
+    pub gemv_warps: usize,
+    /// Launch the GEMV with programmatic dependent launch (Hopper): its blocks start and
+    /// stream weights while the previous kernel finishes. Absent in older plans: true.
+    #[serde(default = "default_gemv_early_launch")]
+    pub gemv_early_launch: bool,
 }
 
 /// Round 0's one-shot cut-over: 512 KiB is a 32-token f32 residual of a 4096-wide model
@@ -82,6 +96,29 @@ fn default_one_shot_max_blocks() -> usize {
 /// Round 0's one-shot wait: 10 s, a third of the communicator's 30 s deadline.
 fn default_one_shot_timeout_ms() -> usize {
     10_000
+}
+
+/// The weights a GEMV reads do not depend on the kernel before it, so starting early
+/// hides the launch gap between kernels (many small ones per decode step).
+fn default_gemv_early_launch() -> bool {
+    true
+}
+
+/// Round 0's GEMV: every decode step of up to 8 sequences (llama.cpp's own matrix-vector
+/// kernels take batches up to 8 for the same reason: cuBLAS's small-m kernels leave
+/// bandwidth unused). Also what plans written before the field read as.
+fn default_gemv_max_tokens() -> usize {
+    8
+}
+
+/// Two rows a warp: two weight streams in flight per lane.
+fn default_gemv_rows_per_warp() -> usize {
+    2
+}
+
+/// Four warps a block: 128-thread blocks, many per multiprocessor.
+fn default_gemv_warps() -> usize {
+    4
 }
 
 /// The all-reduce that sums tensor-parallel partial outputs.
@@ -146,6 +183,10 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         one_shot_max_bytes: default_one_shot_max_bytes(),
         one_shot_max_blocks: default_one_shot_max_blocks(),
         one_shot_timeout_ms: default_one_shot_timeout_ms(),
+        gemv_max_tokens: default_gemv_max_tokens(),
+        gemv_rows_per_warp: default_gemv_rows_per_warp(),
+        gemv_warps: default_gemv_warps(),
+        gemv_early_launch: default_gemv_early_launch(),
     }
 }
 
@@ -260,6 +301,10 @@ impl Plan {
             c("ONE_SHOT_MAX_BYTES", int(cuda.one_shot_max_bytes)),
             c("ONE_SHOT_MAX_BLOCKS", int(cuda.one_shot_max_blocks)),
             c("ONE_SHOT_TIMEOUT_MS", int(cuda.one_shot_timeout_ms)),
+            c("CUDA_GEMV_MAX_TOKENS", int(cuda.gemv_max_tokens)),
+            c("CUDA_GEMV_ROWS_PER_WARP", int(cuda.gemv_rows_per_warp)),
+            c("CUDA_GEMV_WARPS", int(cuda.gemv_warps)),
+            c("CUDA_GEMV_EARLY_LAUNCH", cuda.gemv_early_launch.to_string()),
         ])
     }
 }
@@ -365,6 +410,10 @@ mod tests {
             "one_shot_max_bytes",
             "one_shot_max_blocks",
             "one_shot_timeout_ms",
+            "gemv_max_tokens",
+            "gemv_rows_per_warp",
+            "gemv_warps",
+            "gemv_early_launch",
         ] {
             table.remove(key);
         }

@@ -44,6 +44,16 @@ int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens, const uint
                  int n_heads, int n_kv_heads, int head_dim, int block_size, int splits,
                  int warps);
 
+/* y[t, r] (+)= sum_j w[r, j] * x[t, j] for t < n_tokens <= 8, r < rows (w row-major
+ * [rows][k], x [n_tokens][k], both bf16 and 16-byte aligned, k % 8 == 0); y is f32 when
+ * y_f32, else bf16, [n_tokens][rows]; accumulate adds to what y holds. One warp computes
+ * rows_per_warp (1, 2 or 4) rows; blocks of `warps` warps. `early`: programmatic
+ * dependent launch (the kernel starts streaming weights while the previous kernel on the
+ * stream finishes; Hopper and later). */
+int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int rows,
+            int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp, int warps,
+            int early);
+
 /* out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i] for i < ff. */
 int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens, int ff,
               int threads);

@@ -22,6 +22,24 @@ pub trait Backend: Send {
     fn take_kernel_times(&mut self) -> Option<crate::kernels::KernelTimes> {
         None
     }
+
+    /// Like [`Backend::forward`], where logits row `r` is wanted only for its argmax when
+    /// `greedy[r]`: a back end that selects tokens on the device returns them in
+    /// `tokens[r]` (`None`: the row is in `logits`) and need not write those rows, so a
+    /// greedy step copies a token per row instead of a vocabulary of floats. The default
+    /// computes every row and selects none.
+    fn forward_greedy(
+        &mut self,
+        batch: &Batch<'_>,
+        pool: &mut BlockPool,
+        logits: &mut Vec<f32>,
+        greedy: &[bool],
+        tokens: &mut Vec<Option<u32>>,
+    ) -> Result<(), String> {
+        let _ = greedy;
+        tokens.clear();
+        self.forward(batch, pool, logits)
+    }
 }
 
 impl Backend for crate::model::Llama {

@@ -398,6 +398,8 @@ impl Engine {
             watchdog::hang();
         }
         let started = Instant::now();
+        let greedy = self.greedy_rows(plan);
+        let mut picked = Vec::new();
         let forward = {
             let Self {
                 model,
@@ -408,7 +410,9 @@ impl Engine {
             } = self;
             let batch = build_batch(plan, scheduler);
             batch.map_err(|e| e.to_string()).and_then(|batch| {
-                let run = catch_unwind(AssertUnwindSafe(|| model.forward(&batch, pool, logits)));
+                let run = catch_unwind(AssertUnwindSafe(|| {
+                    model.forward_greedy(&batch, pool, logits, &greedy, &mut picked)
+                }));
                 match run {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err("the model panicked".to_string()),
@@ -423,7 +427,7 @@ impl Engine {
         match forward {
             Ok(()) => {
                 let sampling = Instant::now();
-                let detokenizing = self.sample(plan);
+                let detokenizing = self.sample(plan, &picked);
                 let sample_time = sampling.elapsed().saturating_sub(detokenizing);
                 self.clock.add(ServingStage::Sample, sample_time);
                 self.clock.add(ServingStage::Detokenize, detokenizing);
@@ -449,9 +453,28 @@ impl Engine {
             .sum()
     }
 
-    /// Reads each sequence's logits rows: scores prompt tokens, samples new tokens,
-    /// and sends the events. Returns the time spent detokenizing.
-    fn sample(&mut self, plan: &StepPlan) -> Duration {
+    /// Per logits row of the step: whether only its argmax is needed (a sequence's
+    /// last row, sampled plainly greedily), so the model may choose it on the device.
+    fn greedy_rows(&self, plan: &StepPlan) -> Vec<bool> {
+        let mut greedy = Vec::new();
+        for item in &plan.items {
+            match item.logits {
+                Logits::None => {}
+                Logits::Last => greedy.push(
+                    self.active
+                        .get(&item.id)
+                        .is_some_and(|active| active.plain_greedy()),
+                ),
+                Logits::All => greedy.extend(std::iter::repeat_n(false, item.len)),
+            }
+        }
+        greedy
+    }
+
+    /// Reads each sequence's logits rows (or the token the model chose for a greedy
+    /// row, `picked`): scores prompt tokens, samples new tokens, and sends the events.
+    /// Returns the time spent detokenizing.
+    fn sample(&mut self, plan: &StepPlan, picked: &[Option<u32>]) -> Duration {
         let mut detokenizing = Duration::ZERO;
         let mut row = 0;
         for item in &plan.items {
@@ -462,6 +485,9 @@ impl Engine {
                 Logits::All => item.len,
             };
             let logits = &mut self.logits[row * plan::VOCAB_SIZE..(row + rows) * plan::VOCAB_SIZE];
+            let chosen = rows
+                .checked_sub(1)
+                .and_then(|last| picked.get(row + last).copied().flatten());
             row += rows;
             let (Some(seq), Some(active)) =
                 (self.scheduler.get(item.id), self.active.get_mut(&item.id))
@@ -481,10 +507,17 @@ impl Engine {
                 active.finish(FinishReason::Length, &self.shared.metrics);
                 continue;
             }
-            let last = &mut logits[(rows - 1) * plan::VOCAB_SIZE..];
-            let metrics = &self.shared.metrics;
-            let next = active.next_token(last, &self.tokenizer, metrics, &mut detokenizing);
-            if let Some(token) = next {
+            let (tokenizer, metrics) = (&self.tokenizer, &self.shared.metrics);
+            let token = match chosen {
+                Some(token) => {
+                    Some(active.accept_token(token, tokenizer, metrics, &mut detokenizing))
+                }
+                None => {
+                    let last = &mut logits[(rows - 1) * plan::VOCAB_SIZE..];
+                    active.next_token(last, tokenizer, metrics, &mut detokenizing)
+                }
+            };
+            if let Some(token) = token {
                 self.scheduler.push_token(item.id, token);
             }
         }

@@ -23,6 +23,16 @@ pub const CUDA_ELEMWISE_THREADS: usize = 256;
 pub const CUDA_SAMPLE_THREADS: usize = 1024;
 /// cuBLAS workspace, set once so that graph capture never allocates.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
+/// Products of at most this many tokens run the hand-written GEMV (`cuda/gemv.cu`)
+/// instead of cuBLAS; 0: cuBLAS always. The kernel takes at most 8.
+pub const CUDA_GEMV_MAX_TOKENS: usize = 8;
+/// Output rows per warp of the GEMV kernel (1, 2 or 4).
+pub const CUDA_GEMV_ROWS_PER_WARP: usize = 2;
+/// Warps per block of the GEMV kernel.
+pub const CUDA_GEMV_WARPS: usize = 4;
+/// Launch the GEMV early (programmatic dependent launch): it streams weights while the
+/// previous kernel finishes.
+pub const CUDA_GEMV_EARLY_LAUNCH: bool = true;
 
 // --- Tensor parallelism ---
 /// GPUs one copy of the model is split across: each rank holds its heads, FFN columns

@@ -1,11 +1,13 @@
 """Compare our server's teacher-forced logits with Hugging Face transformers'.
 
-Usage: python hf_compare.py MODEL_DIR TOKENS_FILE OUR_LOGITS_F32 OUT_JSON
+Usage: python hf_compare.py MODEL_DIR TOKENS_FILE OUR_LOGITS_F32 OUT_JSON [NAME=LOGITS_F32 ...]
 
 The reference is transformers' LlamaForCausalLM on the same bf16 weights computed in
 float32. Reported: ‖ours − ref‖ / ‖ref‖ over all logits, the share of positions where
 our top-1 token equals the reference's, and the same two figures for transformers in
-bf16 (the noise bf16 arithmetic alone gives, for scale).
+bf16 (the noise bf16 arithmetic alone gives, for scale). Each extra NAME=FILE (our
+logits computed another way, e.g. one token a step through the decode graphs and the
+GEMV kernel) is reported as NAME against the same reference.
 """
 import json
 import sys
@@ -34,9 +36,21 @@ def main():
     model_dir, tokens_file, ours_file, out_file = sys.argv[1:5]
     tokens = [int(t) for t in open(tokens_file).read().replace(",", " ").split()]
     ids = torch.tensor([tokens], device="cuda")
-    ours = torch.from_numpy(np.fromfile(ours_file, dtype="<f4")).to("cuda").view(len(tokens), -1)
+
+    def load(path):
+        return torch.from_numpy(np.fromfile(path, dtype="<f4")).to("cuda").view(len(tokens), -1)
+
+    ours = load(ours_file)
     ref = hf_logits(model_dir, ids, torch.float32)
     report = {"tokens": len(tokens), "ours_vs_hf_f32": figures(ours, ref), "nan": bool(torch.isnan(ours).any())}
+    for extra in sys.argv[5:]:
+        name, path = extra.split("=", 1)
+        try:
+            other = load(path)
+        except (OSError, RuntimeError) as e:
+            report[name] = {"error": str(e)}
+            continue
+        report[name] = figures(other, ref) | {"nan": bool(torch.isnan(other).any())}
     report["hf_bf16_vs_hf_f32"] = figures(hf_logits(model_dir, ids, torch.bfloat16), ref)
     with open(out_file, "w") as f:
         json.dump(report, f, indent=1)

@@ -16,6 +16,26 @@ def load(path):
         return None
 
 
+# Batch-1 decode floors from the issue's anchors (weight bytes over the H100's 3.35 TB/s
+# datasheet bandwidth), beside the one each run measures (over its copy bandwidth).
+ANCHOR_FLOOR = {"1b": 1218.0, "8b": 187.0}
+
+
+def serving(res, m):
+    """`cargo vibeserve bench` results of ours and llama-server, with the ratios."""
+    keys = ["output_throughput", "median_ttft_ms", "p99_ttft_ms", "completed", "failed"]
+    out = {}
+    for who in ("ours", "peer"):
+        r = load(os.path.join(res, f"serve_{who}_{m}.json"))
+        out[who] = {k: r.get(k) for k in keys} if isinstance(r, dict) else None
+    o, p = out["ours"], out["peer"]
+    if o and p and p.get("output_throughput"):
+        out["output_tok_s_ratio"] = o["output_throughput"] / p["output_throughput"]
+        if p.get("p99_ttft_ms"):
+            out["p99_ttft_ratio"] = o["p99_ttft_ms"] / p["p99_ttft_ms"]
+    return out
+
+
 def llama_tg(out_dir):
     """llama-bench tg128 tok/s by model size (from llama_bench.md, 8b first then 1b)."""
     rows = []
@@ -43,7 +63,8 @@ def llama_batched(out_dir, m):
 
 def main():
     res, out_dir = sys.argv[1], sys.argv[2]
-    summary = {"device": open(os.path.join(res, "device.txt")).read().strip() if os.path.exists(os.path.join(res, "device.txt")) else None}
+    date = os.path.join(res, "date.txt")
+    summary = {"date": open(date).read().strip() if os.path.exists(date) else None, "device": open(os.path.join(res, "device.txt")).read().strip() if os.path.exists(os.path.join(res, "device.txt")) else None}
     tg = llama_tg(out_dir)
     for m in ["1b", "8b"]:
         ours = load(os.path.join(res, f"bench_{m}.json"))
@@ -51,9 +72,12 @@ def main():
         peer = llama_batched(out_dir, m)
         entry["llamacpp_tg128_batch1"] = tg.get(m)
         entry["llamacpp_batched_tg"] = peer
+        entry["serving"] = serving(res, m)
         if ours:
             by_batch = {b["batch"]: b["decode_tok_s"] for b in ours["batches"]}
-            ratios = {}
+            ratios = {"batch1_floor_measured": ours.get("batch1_floor_ratio")}
+            if 1 in by_batch:
+                ratios["batch1_floor_anchor"] = by_batch[1] / ANCHOR_FLOOR[m]
             if tg.get(m) and 1 in by_batch:
                 ratios["batch1_vs_llamacpp"] = by_batch[1] / tg[m]
             for b in (32, 128):

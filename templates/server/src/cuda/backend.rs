@@ -1,10 +1,12 @@
 //! The GPU model (one GPU or a tensor-parallel group) as the engine's [`Backend`]: a
 //! batch of the shared scheduler becomes a [`StepInput`] (block ids shifted past the
-//! scratch block), and the logits rows come back to the host for the shared sampler.
+//! scratch block), and the logits rows come back to the host for the shared sampler,
+//! or only the device's token for a step of plain greedy rows.
 
 use crate::backend::Backend;
 use crate::batch::Batch;
 use crate::kv_cache::{BlockPool, BlockTable};
+use crate::plan;
 
 use super::{CudaLlama, ModelGroup, StepInput};
 
@@ -46,6 +48,32 @@ impl Backend for ModelGroup {
         self.step(&input).map_err(|e| e.to_string())?;
         let rows = input.logit_rows.len();
         *logits = self.logits(rows).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// A step whose every logits row is plain greedy takes the device's argmax (already
+    /// selected by the step's sampling kernel, temperature 0) and copies one id per row;
+    /// any other step copies every row for the shared sampler.
+    fn forward_greedy(
+        &mut self,
+        batch: &Batch<'_>,
+        _pool: &mut BlockPool,
+        logits: &mut Vec<f32>,
+        greedy: &[bool],
+        tokens: &mut Vec<Option<u32>>,
+    ) -> Result<(), String> {
+        let input = step_input(batch);
+        self.step(&input).map_err(|e| e.to_string())?;
+        let rows = input.logit_rows.len();
+        tokens.clear();
+        if rows > 0 && greedy.len() == rows && greedy.iter().all(|&g| g) {
+            let ids = self.sampled(rows).map_err(|e| e.to_string())?;
+            tokens.extend(ids.into_iter().map(|id| u32::try_from(id).ok()));
+            // The engine slices a row per logits token; these rows are never read.
+            logits.resize(rows * plan::VOCAB_SIZE, 0.0);
+        } else {
+            *logits = self.logits(rows).map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }

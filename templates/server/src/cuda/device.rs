@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaStream, result as drv, sys as drv_sys};
 
-use super::CudaError;
+use super::{CudaError, ffi};
 use crate::plan_cuda;
 
 /// The device a model (or one tensor-parallel rank) runs on: one context, one stream,
@@ -88,7 +88,8 @@ impl Gpu {
 
     /// `y[n, m] (+)= x[n, k] · w[m, k]ᵀ` on bf16 operands with f32 accumulation; `y` is
     /// bf16, or f32 when `y_f32`, and with `accumulate` the product is added to it (the
-    /// residual add of o_proj and down_proj).
+    /// residual add of o_proj and down_proj). Up to `CUDA_GEMV_MAX_TOKENS` tokens it is
+    /// the hand-written GEMV kernel, above that cuBLAS.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -101,6 +102,25 @@ impl Gpu {
         y_f32: bool,
         accumulate: bool,
     ) -> Result<(), CudaError> {
+        if gemv_takes(w, x, n, k) {
+            // SAFETY: as for cuBLAS below; gemv_takes checked the kernel's shape limits.
+            return check("gemv", unsafe {
+                ffi::vs_gemv(
+                    self.raw_stream(),
+                    w as *const u16,
+                    x as *const u16,
+                    y as *mut c_void,
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    y_f32.into(),
+                    accumulate.into(),
+                    plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
+                    plan_cuda::CUDA_GEMV_WARPS as i32,
+                    plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
+                )
+            });
+        }
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         let bf = blas_sys::cudaDataType::CUDA_R_16BF;
         let c_type = if y_f32 {
@@ -156,6 +176,17 @@ impl Gpu {
             .map_err(CudaError::driver)?;
         self.sync()
     }
+}
+
+/// Most tokens the GEMV kernel takes (its largest instantiation).
+const GEMV_KERNEL_MAX_TOKENS: usize = 8;
+
+/// Whether a product of `n` tokens over `k` inputs runs the hand-written GEMV: few enough
+/// tokens for the plan, rows of whole 16-byte chunks, 16-byte aligned operands.
+fn gemv_takes(w: u64, x: u64, n: usize, k: usize) -> bool {
+    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(GEMV_KERNEL_MAX_TOKENS)
+        && k.is_multiple_of(8)
+        && (w | x).is_multiple_of(16)
 }
 
 /// A device allocation, freed on drop.

@@ -276,9 +276,13 @@ impl CudaLlama {
         Ok((ids, scores))
     }
 
-    /// The selected token of each of the first `n` logits rows of the last step.
+    /// The selected token of each of the first `n` logits rows of the last step (one
+    /// copy and one wait: the scores only matter across ranks).
     pub fn sampled(&self, n: usize) -> Result<Vec<i32>, CudaError> {
-        Ok(self.sampled_scored(n)?.0)
+        self.finish()?;
+        let mut ids = vec![0i32; n];
+        self.gpu.download(&mut ids, self.buf.sampled.ptr)?;
+        Ok(ids)
     }
 
     /// The f32 logits of the first `n` rows of the last step, this rank's vocabulary

@@ -116,7 +116,39 @@ impl Active {
                 return None;
             }
         };
-        let token = sampled.id;
+        let id = sampled.id;
+        let score = self.logprobs.map(|_| token_score(sampled));
+        Some(self.emit(id, score, tokenizer, metrics, detokenizing))
+    }
+
+    /// Whether the next token may be chosen on the device (see
+    /// [`SequenceSampler::is_plain_greedy`]).
+    pub(super) fn plain_greedy(&self) -> bool {
+        self.sampler.is_plain_greedy()
+    }
+
+    /// Takes `token`, chosen elsewhere (the device's argmax of a plain greedy row), as
+    /// the next token: as [`Active::next_token`] after its sampling.
+    pub(super) fn accept_token(
+        &mut self,
+        token: u32,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        detokenizing: &mut Duration,
+    ) -> u32 {
+        self.emit(token, None, tokenizer, metrics, detokenizing)
+    }
+
+    /// Sends the text of the next token, finishing on a stop id, a stop string or
+    /// `max_tokens`. Adds the time spent turning the token into text to `detokenizing`.
+    fn emit(
+        &mut self,
+        token: u32,
+        score: Option<TokenScore>,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        detokenizing: &mut Duration,
+    ) -> u32 {
         self.generated += 1;
         self.clock(metrics);
         let detokenize = Instant::now();
@@ -131,7 +163,6 @@ impl Active {
             None => None,
         };
         *detokenizing += detokenize.elapsed();
-        let score = self.logprobs.map(|_| token_score(sampled));
         self.send(Event::Token {
             id: token,
             text,
@@ -140,7 +171,7 @@ impl Active {
         if let Some(reason) = finish {
             self.finish(reason, metrics);
         }
-        Some(token)
+        token
     }
 
     /// Records time to first token or inter-token latency.

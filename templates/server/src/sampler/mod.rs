@@ -108,6 +108,12 @@ impl SequenceSampler {
         &self.params
     }
 
+    /// Whether the next token is the logits' argmax and nothing else of the row is
+    /// needed (greedy, no penalties, no log-probabilities): a device may choose it.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.is_greedy() && !self.params.wants_logprobs() && !self.penalties.is_active()
+    }
+
     /// Chooses the next token from `logits` (one row, vocabulary-wide) and counts it as
     /// generated. `logits` is scratch: penalties are applied to it in place.
     pub fn sample(&mut self, logits: &mut [f32]) -> Result<SampledToken, SamplingError> {

@@ -373,3 +373,27 @@ fn score_of_a_known_token_matches_what_sampling_reports() {
     assert!((other.logprob.expect("always set") - (-1.0 - lse)).abs() < 1e-6);
     assert!(other.top_logprobs.is_empty());
 }
+
+#[test]
+fn only_greedy_rows_without_penalties_or_logprobs_may_be_chosen_on_the_device() {
+    let logits = [0.5, 2.0, -1.0, 1.9];
+    let mut plain = sampler(SamplingParams::greedy());
+    assert!(plain.is_plain_greedy());
+    // What a device would choose (the argmax) is what the sampler chooses.
+    assert_eq!(plain.sample(&mut logits.to_vec()).expect("samples").id, 1);
+    let needs_row = [
+        SamplingParams::default(),
+        SamplingParams {
+            logprobs: true,
+            ..SamplingParams::greedy()
+        },
+        SamplingParams {
+            frequency_penalty: 1.0,
+            ..SamplingParams::greedy()
+        },
+    ];
+    for params in needs_row {
+        let s = sampler(params.clone());
+        assert!(!s.is_plain_greedy(), "{params:?}");
+    }
+}
