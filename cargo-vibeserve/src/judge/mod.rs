@@ -343,7 +343,13 @@ pub fn run_check(command: &[String], dir: &Path) -> Result<String, String> {
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = text.lines().rev().take(3).collect();
+    // A progress bar (transformers' tqdm) redraws its line with carriage returns: keep
+    // what each line ends as, not every frame.
+    let lines = text
+        .lines()
+        .map(|line| line.rsplit('\r').next().unwrap_or(line).trim_end())
+        .filter(|line| !line.is_empty());
+    let tail: Vec<&str> = lines.rev().take(3).collect();
     let tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
     if output.status.success() {
         Ok(tail)
@@ -468,4 +474,23 @@ pub fn start_server(
         port,
         HEALTH_TIMEOUT,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checks_progress_bar_frames_are_left_out_of_its_verdict() {
+        let script = r"printf 'Loading 0%%\rLoading 50%%\rLoading 100%%\n\ntop-1 0.88\n'";
+        let command = ["sh", "-c", script].map(String::from);
+        let verdict = run_check(&command, Path::new("."));
+        assert_eq!(verdict, Ok("Loading 100% | top-1 0.88".to_string()));
+        let failing = ["sh", "-c", "echo 'FAIL 0/30'; exit 1"].map(String::from);
+        let verdict = run_check(&failing, Path::new(".")).expect_err("exit 1 fails");
+        assert!(
+            verdict.ends_with("exited with exit status: 1: FAIL 0/30"),
+            "{verdict}"
+        );
+    }
 }
