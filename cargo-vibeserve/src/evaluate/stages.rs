@@ -100,7 +100,7 @@ pub fn shares(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {
     if wall <= 0.0 {
         return BTreeMap::new();
     }
-    let mut out: BTreeMap<String, f64> = after
+    let out: BTreeMap<String, f64> = after
         .seconds
         .iter()
         .map(|(stage, s)| {
@@ -108,13 +108,18 @@ pub fn shares(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {
             (format!("{SHARE_PREFIX}{stage}"), delta.max(0.0) / wall)
         })
         .collect();
+    with_engine_busy(out)
+}
+
+/// `shares` with [`ENGINE_BUSY`] added: the sum of the engine thread's stages.
+fn with_engine_busy(mut shares: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     let engine = PREFILL_STAGES
         .iter()
         .chain(&DECODE_STAGES)
         .chain(&OTHER_ENGINE_STAGES);
-    let busy = engine.map(|s| share(&out, s)).sum();
-    out.insert(ENGINE_BUSY.into(), busy);
-    out
+    let busy = engine.map(|s| share(&shares, s)).sum();
+    shares.insert(ENGINE_BUSY.into(), busy);
+    shares
 }
 
 /// A stage's share (0 when absent).
@@ -220,17 +225,12 @@ mod tests {
     use super::*;
 
     fn shares_of(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
-        let mut out: BTreeMap<String, f64> = pairs
-            .iter()
-            .map(|(k, v)| (format!("{SHARE_PREFIX}{k}"), *v))
-            .collect();
-        let engine = PREFILL_STAGES
-            .iter()
-            .chain(&DECODE_STAGES)
-            .chain(&OTHER_ENGINE_STAGES);
-        let busy = engine.map(|s| share(&out, s)).sum();
-        out.insert(ENGINE_BUSY.into(), busy);
-        out
+        with_engine_busy(
+            pairs
+                .iter()
+                .map(|(k, v)| (format!("{SHARE_PREFIX}{k}"), *v))
+                .collect(),
+        )
     }
 
     #[test]

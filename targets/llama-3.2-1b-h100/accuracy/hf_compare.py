@@ -13,6 +13,11 @@ It passes (exit 0) when, over all positions, the server's most likely next token
 the reference's (compared as token text, as the OpenAI API returns it) at least
 --min-top1 of the time, and the log probability of each actual next token is within
 --max-logprob-err of the reference's on average. Runs on the GPU machine (torch, CUDA).
+
+With --shard-gib N (a model too large for one GPU in float32: the 70B shape would need
+282 GB), the reference runs in bf16 with its layers spread over every GPU of the host
+(`device_map="auto"`), each GPU capped at N GiB so that the server beside it keeps its
+own weights and KV cache.
 """
 
 import argparse
@@ -41,11 +46,20 @@ def server_scores(url, ids):
 
 @torch.no_grad()
 def reference(model, tokenizer, ids):
-    logits = model(input_ids=torch.tensor([ids], device="cuda")).logits[0].float()
+    first = next(model.parameters()).device  # the embedding's GPU when sharded
+    logits = model(input_ids=torch.tensor([ids], device=first)).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)[:-1]
     top1 = [tokenizer.decode([int(i)], skip_special_tokens=False) for i in logprobs.argmax(-1)]
-    actual = logprobs.gather(1, torch.tensor(ids[1:], device="cuda")[:, None])[:, 0]
+    actual = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0]
     return top1, actual.tolist()
+
+
+def load(model_dir, shard_gib):
+    if shard_gib is None:
+        return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
+    memory = {i: f"{shard_gib}GiB" for i in range(torch.cuda.device_count())}
+    return LlamaForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, device_map="auto", max_memory=memory).eval()
 
 
 def main():
@@ -56,8 +70,9 @@ def main():
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--min-top1", type=float, default=0.99)
     p.add_argument("--max-logprob-err", type=float, default=0.05)
+    p.add_argument("--shard-gib", type=int, default=None)
     args = p.parse_args()
-    model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).to("cuda").eval()
+    model = load(args.model, args.shard_gib)
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     agree, total, err = 0, 0, 0.0
     with open(args.prompts, encoding="utf-8") as f:
