@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::BenchError;
 use super::compare::{Comparison, Contender, compare};
 use super::metrics::Slo;
-use super::peer::{LlamaServerArgs, ServerProcess, find_llama_server, free_port};
+use super::peer::{LlamaServerArgs, ServerProcess, find_llama_server, free_port, serve_args};
 use super::run::{Arrival, BenchConfig, Stop, cancel_on_ctrl_c};
 use super::target::{TargetSetup, check_constraints};
 use super::workload::{Endpoint, LenDist, SyntheticSpec, Workload};
@@ -410,16 +410,8 @@ async fn start_ours(
         dummy::materialize(&materialize, config, *seed, model).map_err(PrepareError::from)?;
     }
     let port = free_loopback_port()?;
-    let server_args: Vec<OsString> = vec![
-        "serve".into(),
-        "--model".into(),
-        model.as_os_str().to_owned(),
-        "--port".into(),
-        port.to_string().into(),
-        // The workload's requests name the target as their model.
-        "--served-model-name".into(),
-        target.name().into(),
-    ];
+    // The workload's requests name the target as their model.
+    let server_args = serve_args(model, port, target.name());
     eprintln!("starting our server {} on port {port}", bin.display());
     start(
         "our server",

@@ -150,6 +150,20 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Our generated server's `serve` arguments: `model` on 127.0.0.1:`port`, answering
+/// requests that name `served_name` (the Judge and the bench start it the same way).
+pub fn serve_args(model: &Path, port: u16, served_name: &str) -> Vec<OsString> {
+    vec![
+        "serve".into(),
+        "--model".into(),
+        model.as_os_str().to_owned(),
+        "--port".into(),
+        port.to_string().into(),
+        "--served-model-name".into(),
+        served_name.into(),
+    ]
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it next).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

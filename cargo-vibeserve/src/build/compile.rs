@@ -232,8 +232,18 @@ mod tests {
     }
 
     fn says(bin: &Path) -> String {
-        let out = Command::new(bin).output().expect("the binary runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        // While another test's forked child still holds the binary's write handle (before
+        // its exec closes it), running it fails with ETXTBSY: wait that moment out.
+        for _ in 0..100 {
+            match Command::new(bin).output() {
+                Ok(out) => return String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{} does not run: {e}", bin.display()),
+            }
+        }
+        panic!("{} stayed busy", bin.display())
     }
 
     #[test]

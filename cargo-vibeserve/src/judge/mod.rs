@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bench::peer::{PeerError, ServerProcess, free_port};
+use crate::bench::peer::{PeerError, ServerProcess, free_port, serve_args};
 use crate::manifest::Manifest;
 use crate::model::GgufMetadata;
 use score::{Prompt, mean_abs_delta};
@@ -458,16 +458,7 @@ pub fn start_server(
         source,
     })?;
     let mut args = candidate.args.clone();
-    let serve: [OsString; 7] = [
-        "serve".into(),
-        "--model".into(),
-        model.as_os_str().to_owned(),
-        "--port".into(),
-        port.to_string().into(),
-        "--served-model-name".into(),
-        served_name.into(),
-    ];
-    args.extend(serve);
+    args.extend(serve_args(model, port, served_name));
     runtime.block_on(ServerProcess::start(
         &candidate.program,
         &args,
