@@ -151,6 +151,13 @@ pub struct KernelsPlan {
     /// products (the other side of the register tile; 1: one row at a time).
     #[serde(default = "default_row_tile")]
     pub row_tile: usize,
+    /// Activation rows per pass of the AVX2 `Q4_1` product over groups of 8 weight
+    /// rows interleaved per register (8 rows' block sums per chain, no horizontal
+    /// sums, its own float summation order); 0 keeps the row-tile kernels, which sum
+    /// in llama.cpp's order. Absent in plans written before it existed (and left out
+    /// when 0, so those plans keep their digests): 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group_act_tile: usize,
     /// Output rows a thread claims at a time in a matrix product.
     pub matmul_row_chunk: usize,
     /// Weight rows ahead of the current one that the kernels prefetch (0: none).
@@ -197,6 +204,10 @@ pub const DEFAULT_PREFIX_CACHE: bool = true;
 /// Plans written before `row_tile` existed used the two-row tile.
 fn default_row_tile() -> usize {
     DEFAULT_KERNELS.row_tile
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_prefix_cache() -> bool {
@@ -283,6 +294,7 @@ pub const DEFAULT_SERVING: ServingPlan = ServingPlan {
 pub const DEFAULT_KERNELS: KernelsPlan = KernelsPlan {
     act_tile: 4,
     row_tile: 2,
+    group_act_tile: 0,
     matmul_row_chunk: 32,
     prefetch_rows: 4,
     pool_spin: 20_000,
@@ -474,6 +486,10 @@ impl Plan {
             ),
             c("ACT_TILE", int_literal(self.kernels.act_tile as u64)),
             c("ROW_TILE", int_literal(self.kernels.row_tile as u64)),
+            c(
+                "GROUP_ACT_TILE",
+                int_literal(self.kernels.group_act_tile as u64),
+            ),
             c(
                 "MATMUL_ROW_CHUNK",
                 int_literal(self.kernels.matmul_row_chunk as u64),

@@ -48,6 +48,11 @@ pub const ACT_TILE: usize = 4;
 /// `Q8_0` products: two rows × `ACT_TILE` accumulators fit AVX2's 16 `ymm`
 /// registers with the unpacked weights; 1 is the plain one-row loop.
 pub const ROW_TILE: usize = 2;
+/// Activation rows per pass of the AVX2 `Q4_1` product over groups of 8 weight
+/// rows interleaved per register (8 rows' block sums per `maddubs` chain, no
+/// horizontal sums; its own float summation order); 0 keeps the row-tile
+/// kernels, which sum in llama.cpp's order.
+pub const GROUP_ACT_TILE: usize = 0;
 /// Output rows per task a thread claims in a matrix product: small enough
 /// to balance 2 threads on the 192-row k/v matrices, large enough that the
 /// atomic claim is noise next to the work.

@@ -6,6 +6,9 @@
 use super::matmul::OutRows;
 use super::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::plan::{ACT_TILE, PREFETCH_ROWS, ROW_TILE};
+
+/// Weight rows of one interleaved group of [`gemm_q4_1_groups`]: one `i32` lane each.
+pub const GROUP: usize = 8;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -363,4 +366,145 @@ pub unsafe fn gemm_q8_0(
     out: &OutRows,
 ) {
     row_tiles!(rows, n_act, out, w, kb, a, rows_q8_0, tile_q8_0);
+}
+
+/// A block of [`GROUP`] `Q4_1` rows, interleaved: register `g` holds values
+/// `4g..4g + 4` of every row, row `k` in 32-bit lane `k`, unpacked to u8.
+/// The layout llama.cpp's repacked `gemm_q4_0_8x8` stores at load time, built
+/// here per block from the file's layout (a 4 × 4 dword transpose per 128-bit
+/// half) and reused for every activation row of the pass.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn interleave_q4_1(w: &[BlockQ4_1], kb: usize, r: usize, i: usize) -> [__m256i; 8] {
+    let load = |k: usize| {
+        let lo = &w[(r + k) * kb + i].qs;
+        let hi = &w[(r + k + 4) * kb + i].qs;
+        // SAFETY: both are 16 readable bytes.
+        unsafe {
+            let lo = _mm_loadu_si128(lo.as_ptr().cast());
+            _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(lo),
+                _mm_loadu_si128(hi.as_ptr().cast()),
+            )
+        }
+    };
+    // y[k]: row k's 16 bytes in the low half, row k + 4's in the high half.
+    let y = [load(0), load(1), load(2), load(3)];
+    let t0 = _mm256_unpacklo_epi32(y[0], y[1]);
+    let t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    let t2 = _mm256_unpacklo_epi32(y[2], y[3]);
+    let t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    // p[c]: dword c (bytes 4c..4c + 4) of rows 0..4 | rows 4..8.
+    let p = [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ];
+    let mask = _mm256_set1_epi8(0x0F);
+    // Low nibbles are values 0..16, high nibbles values 16..32.
+    std::array::from_fn(|g| {
+        if g < 4 {
+            _mm256_and_si256(p[g], mask)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(p[g - 4]), mask)
+        }
+    })
+}
+
+/// Eight f16 values as 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn h2f8(bits: [u16; 8]) -> __m256 {
+    // SAFETY: `bits` is 16 readable bytes.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bits.as_ptr().cast()) })
+}
+
+/// Weight rows `r..r + GROUP` against activation rows `b0..b0 + t` (`t <= A`):
+/// lane `k` of result `j` is row `r + k` · activation `b0 + j`. Per block and
+/// activation: eight `maddubs` against a broadcast 4-byte activation group give
+/// every row's 32 products in i16 pairs (at most 8 · 2 · 15 · 127 < 2¹⁵: no
+/// saturation), one `madd` the exact block sums, then `acc += sum · (d·da)` and
+/// `acc += m · s` for all 8 rows at once. The order per output is independent of
+/// `A`, `t` and the batch, so a batched product equals the single-row one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_q4_1<const A: usize>(
+    w: &[BlockQ4_1],
+    kb: usize,
+    a: &[BlockQ8_1],
+    r: usize,
+    b0: usize,
+    t: usize,
+) -> [__m256; A] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); A];
+    for i in 0..kb {
+        let wv = interleave_q4_1(w, kb, r, i);
+        let d = h2f8(std::array::from_fn(|k| w[(r + k) * kb + i].d));
+        let m = h2f8(std::array::from_fn(|k| w[(r + k) * kb + i].m));
+        for (j, acc) in acc.iter_mut().enumerate().take(t) {
+            let ab = &a[(b0 + j) * kb + i];
+            let mut sum = _mm256_setzero_si256();
+            for (g, &wg) in wv.iter().enumerate() {
+                let group = i32::from_le_bytes(std::array::from_fn(|c| ab.qs[4 * g + c] as u8));
+                sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wg, _mm256_set1_epi32(group)));
+            }
+            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+            *acc = _mm256_fmadd_ps(p, _mm256_mul_ps(d, _mm256_set1_ps(ab.d)), *acc);
+            *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), *acc);
+        }
+    }
+    acc
+}
+
+/// `Q4_1` weights × `Q8_1` activations for output rows `rows`, [`GROUP`] rows at a
+/// time through [`group_q4_1`] in passes of up to `A` activation rows; the last rows
+/// of a range (fewer than a group) through the one-row [`tile_q4_1`].
+///
+/// # Safety
+/// As [`gemm_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_1_groups<const A: usize>(
+    w: &[BlockQ4_1],
+    kb: usize,
+    rows: Range<usize>,
+    a: &[BlockQ8_1],
+    n_act: usize,
+    out: &OutRows,
+) {
+    let n_rows = w.len() / kb;
+    let mut r = rows.start;
+    while r + GROUP <= rows.end {
+        if PREFETCH_ROWS > 0 && r + GROUP < n_rows {
+            let end = (r + GROUP + PREFETCH_ROWS).min(n_rows);
+            prefetch(&w[(r + GROUP) * kb..end * kb]);
+        }
+        let mut b0 = 0;
+        while b0 < n_act {
+            let t = A.min(n_act - b0);
+            let mut lanes = [[0.0f32; GROUP]; A];
+            if t == 1 {
+                // Batch-1 decode: its own instance, the accumulator in a register.
+                let s = group_q4_1::<1>(w, kb, a, r, b0, 1);
+                // SAFETY: 8 writable f32s.
+                unsafe { _mm256_storeu_ps(lanes[0].as_mut_ptr(), s[0]) };
+            } else {
+                let s = group_q4_1::<A>(w, kb, a, r, b0, t);
+                for (l, v) in lanes.iter_mut().zip(s).take(t) {
+                    // SAFETY: 8 writable f32s.
+                    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), v) };
+                }
+            }
+            for (j, l) in lanes.iter().enumerate().take(t) {
+                for (k, &v) in l.iter().enumerate() {
+                    // SAFETY: the caller hands each thread a disjoint range of rows.
+                    unsafe { out.set(b0 + j, r + k, v) };
+                }
+            }
+            b0 += t;
+        }
+        r += GROUP;
+    }
+    tiles!(r..rows.end, n_act, out, w, kb, tile_q4_1(w, kb, a));
 }

@@ -10,7 +10,7 @@ use super::quant::{
     BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK, quantize_row_q8_0, quantize_row_q8_1,
 };
 use super::{KernelError, KernelVariant, Kernels, portable};
-use crate::plan::MATMUL_ROW_CHUNK;
+use crate::plan::{GROUP_ACT_TILE, MATMUL_ROW_CHUNK};
 use bytemuck::Zeroable;
 use half::{bf16, f16};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -193,6 +193,16 @@ pub struct OutRows {
 unsafe impl Sync for OutRows {}
 
 impl OutRows {
+    /// Rows of `ld` outputs in `out`, for a kernel called directly (tests).
+    #[cfg(test)]
+    pub fn new(out: &mut [f32], ld: usize) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            ld,
+        }
+    }
+
     /// Writes `v` at (`act`, `row`).
     ///
     /// # Safety
@@ -302,6 +312,15 @@ fn gemm_rows(
         (KernelVariant::Avx2, d) => unsafe {
             use super::avx2 as k;
             match d {
+                WeightData::Q4_1(b) if GROUP_ACT_TILE > 0 => {
+                    // (The `else` only keeps the never-taken instance well-formed.)
+                    const A: usize = if GROUP_ACT_TILE > 0 {
+                        GROUP_ACT_TILE
+                    } else {
+                        1
+                    };
+                    k::gemm_q4_1_groups::<A>(b, kb, rows, q8_1, n, out)
+                }
                 WeightData::Q4_1(b) => k::gemm_q4_1(b, kb, rows, q8_1, n, out),
                 WeightData::Q4_0(b) => k::gemm_q4_0(b, kb, rows, q8_0, n, out),
                 WeightData::Q8_0(b) => k::gemm_q8_0(b, kb, rows, q8_0, n, out),

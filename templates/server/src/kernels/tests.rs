@@ -315,3 +315,223 @@ fn batched_products_equal_single_row_products_bit_for_bit() {
         }
     }
 }
+
+/// The summation order of the AVX2 8-row-group `Q4_1` kernel, in scalar code:
+/// per block the exact integer sum of the 32 products, then `acc += sum · (d·da)`
+/// and `acc += m · s`, each one rounding (a fused multiply-add).
+fn q4_1_group_order(w: &[BlockQ4_1], a: &[BlockQ8_1], kb: usize, r: usize, b: usize) -> f32 {
+    let mut acc = 0.0f32;
+    for i in 0..kb {
+        let (wb, ab) = (&w[r * kb + i], &a[b * kb + i]);
+        let sum: i32 = (0..QK)
+            .map(|v| {
+                let q = if v < QK / 2 {
+                    wb.qs[v] & 0x0F
+                } else {
+                    wb.qs[v - QK / 2] >> 4
+                };
+                i32::from(q) * i32::from(ab.qs[v])
+            })
+            .sum();
+        acc = (sum as f32).mul_add(f16_to_f32(wb.d) * ab.d, acc);
+        acc = f16_to_f32(wb.m).mul_add(ab.s, acc);
+    }
+    acc
+}
+
+/// Runs the 8-row-group kernel with activation passes of `A` over rows `from..rows`
+/// and checks each output: bit for bit against [`q4_1_group_order`] for rows in full
+/// groups, and within f32 rounding of the f64 reference for all of them.
+#[cfg(target_arch = "x86_64")]
+fn check_groups<const A: usize>(
+    rng: &mut Rng,
+    rows: usize,
+    from: usize,
+    cols: usize,
+    batch: usize,
+) {
+    let kb = cols / QK;
+    let owned = Owned::quantize(4, &rng.vec(rows * cols));
+    let Owned::Q4_1(wb) = &owned else {
+        unreachable!("kind 4 is Q4_1")
+    };
+    let x = rng.vec(batch * cols);
+    let mut ab = vec![BlockQ8_1::zeroed(); batch * kb];
+    quantize_row_q8_1(&x, &mut ab);
+    let mut out = vec![f32::NAN; batch * rows];
+    let sink = matmul::OutRows::new(&mut out, rows);
+    // SAFETY: the caller checked that the CPU has AVX2, FMA and F16C.
+    unsafe { avx2::gemm_q4_1_groups::<A>(wb, kb, from..rows, &ab, batch, &sink) };
+    let w = MatRef::new(owned.data(), rows, cols).expect("test matrix shape");
+    let a = act_values(&x, ActFormat::Q8_1);
+    let slack = q4_1_sum_slack(&owned, &x, rows, cols);
+    let grouped = from + (rows - from) / avx2::GROUP * avx2::GROUP;
+    let mut row = vec![0.0f32; cols];
+    for r in from..rows {
+        w.dequantize_row(r, &mut row);
+        for b in 0..batch {
+            let got = out[b * rows + r];
+            let case = format!("A {A} rows {from}..{rows} cols {cols} batch {batch}: [{b},{r}]");
+            if r < grouped {
+                assert_eq!(
+                    got.to_bits(),
+                    q4_1_group_order(wb, &ab, kb, r, b).to_bits(),
+                    "{case}"
+                );
+            }
+            let xs = &a[b * cols..(b + 1) * cols];
+            let want: f64 = row.iter().zip(xs).map(|(&p, &q)| f64::from(p) * q).sum();
+            let scale: f64 = row
+                .iter()
+                .zip(xs)
+                .map(|(&p, &q)| (f64::from(p) * q).abs())
+                .sum();
+            let err = (f64::from(got) - want).abs();
+            assert!(
+                err <= 2e-6 * scale + 1e-6 + slack[b * rows + r],
+                "{case}: got {got}, want {want}"
+            );
+        }
+    }
+    assert!(
+        out[..from].iter().all(|v| v.is_nan()),
+        "rows outside the range were written"
+    );
+}
+
+/// The interleaved registers hold exactly the nibbles of the 8 rows, in place.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q4_1_groups_interleave_every_nibble_in_place() {
+    if !KernelVariant::Avx2.missing_features().is_empty() {
+        eprintln!("AVX2 8-row-group kernel NOT tested: this CPU lacks AVX2");
+        return;
+    }
+    let (rows, kb) = (11, 3);
+    let owned = Owned::quantize(4, &Rng(5).vec(rows * kb * QK));
+    let Owned::Q4_1(wb) = &owned else {
+        unreachable!("kind 4 is Q4_1")
+    };
+    let mut vals = vec![0.0f32; kb * QK];
+    for (r, i) in [(0, 0), (3, 2), (2, 1)] {
+        // SAFETY: AVX2 is present (checked above).
+        let regs = unsafe { avx2::interleave_q4_1(wb, kb, r, i) };
+        for (g, reg) in regs.iter().enumerate() {
+            let bytes: [u8; 32] = bytemuck::cast(*reg);
+            for k in 0..avx2::GROUP {
+                dequantize_q4_1(&wb[(r + k) * kb..(r + k + 1) * kb], &mut vals);
+                let (d, m) = (
+                    f16_to_f32(wb[(r + k) * kb + i].d),
+                    f16_to_f32(wb[(r + k) * kb + i].m),
+                );
+                for c in 0..4 {
+                    let want = vals[i * QK + 4 * g + c];
+                    let got = d * f32::from(bytes[4 * k + c]) + m;
+                    assert_eq!(got, want, "row {} block {i} value {}", r + k, 4 * g + c);
+                }
+            }
+        }
+    }
+}
+
+/// The 8-row-group kernel for rows that are not a multiple of 8, ranges that do not
+/// start at 0, every batch size from 1 to 17 and several activation passes.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q4_1_groups_match_their_order_and_the_f64_reference() {
+    if !KernelVariant::Avx2.missing_features().is_empty() {
+        eprintln!("AVX2 8-row-group kernel NOT tested: this CPU lacks AVX2");
+        return;
+    }
+    let mut rng = Rng(13);
+    for (rows, from, cols) in [
+        (8, 0, 32),
+        (13, 0, 96),
+        (37, 3, 576),
+        (67, 0, 64),
+        (5, 0, 64),
+    ] {
+        for batch in 1..=17 {
+            check_groups::<1>(&mut rng, rows, from, cols, batch);
+            check_groups::<4>(&mut rng, rows, from, cols, batch);
+            check_groups::<16>(&mut rng, rows, from, cols, batch);
+        }
+    }
+}
+
+/// Times one layer's `Q4_1` products of SmolLM2-135M's shapes (q, k, v, o, gate, up,
+/// down) on one thread with the row-tile kernel and the 8-row-group kernel, at batch 1
+/// and at a 16-token decode step, and checks they agree. A measurement, so ignored by
+/// default: `cargo test --release -p vibeserve-server --lib q4_1_layouts -- --ignored
+/// --nocapture` (holding the benchmark lock).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "a timing, run by hand"]
+fn time_q4_1_layouts() {
+    use std::time::Instant;
+    if !KernelVariant::Avx2.missing_features().is_empty() {
+        eprintln!("AVX2 NOT timed: this CPU lacks AVX2");
+        return;
+    }
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let mut rng = Rng(17);
+    let mats: Vec<Vec<BlockQ4_1>> = shapes
+        .iter()
+        .map(|&(r, c)| {
+            let mut b = vec![BlockQ4_1::zeroed(); r * c / QK];
+            quantize_row_q4_1(&rng.vec(r * c), &mut b);
+            b
+        })
+        .collect();
+    for batch in [1, 16] {
+        let acts: Vec<Vec<BlockQ8_1>> = shapes
+            .iter()
+            .map(|&(_, c)| {
+                let mut a = vec![BlockQ8_1::zeroed(); batch * c / QK];
+                quantize_row_q8_1(&rng.vec(batch * c), &mut a);
+                a
+            })
+            .collect();
+        let mut outs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+        let mut best = [f64::INFINITY; 2];
+        for _ in 0..30 {
+            for (kind, out) in outs.iter_mut().enumerate() {
+                out.clear();
+                let t = Instant::now();
+                for ((&(r, c), w), a) in shapes.iter().zip(&mats).zip(&acts) {
+                    let mut o = vec![0.0f32; batch * r];
+                    let sink = matmul::OutRows::new(&mut o, r);
+                    // SAFETY: AVX2, FMA and F16C are present (checked above).
+                    unsafe {
+                        if kind == 0 {
+                            avx2::gemm_q4_1(w, c / QK, 0..r, a, batch, &sink);
+                        } else {
+                            avx2::gemm_q4_1_groups::<16>(w, c / QK, 0..r, a, batch, &sink);
+                        }
+                    }
+                    out.extend_from_slice(&o);
+                }
+                best[kind] = best[kind].min(t.elapsed().as_secs_f64());
+            }
+        }
+        let macs = shapes.iter().map(|&(r, c)| r * c).sum::<usize>() * batch;
+        for (kind, name) in ["row tiles", "8-row groups"].iter().enumerate() {
+            println!(
+                "batch {batch:2} {name:12}: {:8.1} µs per layer, {:5.1} GMAC/s (1 thread)",
+                best[kind] * 1e6,
+                macs as f64 / best[kind] / 1e9
+            );
+        }
+        for (x, y) in outs[0].iter().zip(&outs[1]) {
+            assert!((x - y).abs() <= 1e-3 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+    }
+}
