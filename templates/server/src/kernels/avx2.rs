@@ -412,21 +412,39 @@ pub(super) fn interleave_q4_1(w: &[BlockQ4_1], kb: usize, r: usize, i: usize) ->
     })
 }
 
-/// Eight f16 values as 8 f32 lanes.
+/// The scales `d` and minimums `m` of block `i` of rows `r..r + GROUP`, as 8 f32
+/// lanes each: the 8 blocks' leading `[d, m]` pairs are loaded as 32-bit words and
+/// split by one byte shuffle and one lane permute (16 separate f16 inserts cost
+/// more than the batch-1 product's arithmetic).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn h2f8(bits: [u16; 8]) -> __m256 {
-    // SAFETY: `bits` is 16 readable bytes.
-    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bits.as_ptr().cast()) })
+fn scales_q4_1(w: &[BlockQ4_1], kb: usize, r: usize, i: usize) -> (__m256, __m256) {
+    let dm = |k: usize| {
+        let b = &w[(r + k) * kb + i];
+        (u32::from(b.d) | (u32::from(b.m) << 16)) as i32
+    };
+    let pairs = _mm256_setr_epi32(dm(0), dm(1), dm(2), dm(3), dm(4), dm(5), dm(6), dm(7));
+    // Per 128-bit half: the 4 `d`s, then the 4 `m`s.
+    let split = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7,
+        10, 11, 14, 15,
+    );
+    // Quadwords [d0..4, m0..4, d4..8, m4..8] → [d0..8, m0..8].
+    let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(pairs, split));
+    (
+        _mm256_cvtph_ps(_mm256_castsi256_si128(v)),
+        _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(v)),
+    )
 }
 
 /// Weight rows `r..r + GROUP` against activation rows `b0..b0 + t` (`t <= A`):
 /// lane `k` of result `j` is row `r + k` · activation `b0 + j`. Per block and
 /// activation: eight `maddubs` against a broadcast 4-byte activation group give
 /// every row's 32 products in i16 pairs (at most 8 · 2 · 15 · 127 < 2¹⁵: no
-/// saturation), one `madd` the exact block sums, then `acc += sum · (d·da)` and
-/// `acc += m · s` for all 8 rows at once. The order per output is independent of
-/// `A`, `t` and the batch, so a batched product equals the single-row one.
+/// saturation), one `madd` the exact block sums, then `acc += sum · (d·da)` and,
+/// apart as llama.cpp keeps them, `mins += m · s`, for all 8 rows at once; the
+/// result is `acc + mins`. The order per output is independent of `A`, `t` and
+/// the batch, so a batched product equals the single-row one.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn group_q4_1<const A: usize>(
@@ -439,11 +457,11 @@ fn group_q4_1<const A: usize>(
 ) -> [__m256; A] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); A];
+    let mut mins = [_mm256_setzero_ps(); A];
     for i in 0..kb {
         let wv = interleave_q4_1(w, kb, r, i);
-        let d = h2f8(std::array::from_fn(|k| w[(r + k) * kb + i].d));
-        let m = h2f8(std::array::from_fn(|k| w[(r + k) * kb + i].m));
-        for (j, acc) in acc.iter_mut().enumerate().take(t) {
+        let (d, m) = scales_q4_1(w, kb, r, i);
+        for (j, (acc, mins)) in acc.iter_mut().zip(&mut mins).enumerate().take(t) {
             let ab = &a[(b0 + j) * kb + i];
             let mut sum = _mm256_setzero_si256();
             for (g, &wg) in wv.iter().enumerate() {
@@ -452,10 +470,10 @@ fn group_q4_1<const A: usize>(
             }
             let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
             *acc = _mm256_fmadd_ps(p, _mm256_mul_ps(d, _mm256_set1_ps(ab.d)), *acc);
-            *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), *acc);
+            *mins = _mm256_add_ps(*mins, _mm256_mul_ps(m, _mm256_set1_ps(ab.s)));
         }
     }
-    acc
+    std::array::from_fn(|j| _mm256_add_ps(acc[j], mins[j]))
 }
 
 /// `Q4_1` weights × `Q8_1` activations for output rows `rows`, [`GROUP`] rows at a

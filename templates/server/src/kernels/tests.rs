@@ -318,9 +318,9 @@ fn batched_products_equal_single_row_products_bit_for_bit() {
 
 /// The summation order of the AVX2 8-row-group `Q4_1` kernel, in scalar code:
 /// per block the exact integer sum of the 32 products, then `acc += sum · (d·da)`
-/// and `acc += m · s`, each one rounding (a fused multiply-add).
+/// (one rounding, a fused multiply-add) and `mins += m · s`; then `acc + mins`.
 fn q4_1_group_order(w: &[BlockQ4_1], a: &[BlockQ8_1], kb: usize, r: usize, b: usize) -> f32 {
-    let mut acc = 0.0f32;
+    let (mut acc, mut mins) = (0.0f32, 0.0f32);
     for i in 0..kb {
         let (wb, ab) = (&w[r * kb + i], &a[b * kb + i]);
         let sum: i32 = (0..QK)
@@ -334,9 +334,9 @@ fn q4_1_group_order(w: &[BlockQ4_1], a: &[BlockQ8_1], kb: usize, r: usize, b: us
             })
             .sum();
         acc = (sum as f32).mul_add(f16_to_f32(wb.d) * ab.d, acc);
-        acc = f16_to_f32(wb.m).mul_add(ab.s, acc);
+        mins += f16_to_f32(wb.m) * ab.s;
     }
-    acc
+    acc + mins
 }
 
 /// Runs the 8-row-group kernel with activation passes of `A` over rows `from..rows`
