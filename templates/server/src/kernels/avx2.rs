@@ -437,7 +437,8 @@ fn scales_q4_1(w: &[BlockQ4_1], kb: usize, r: usize, i: usize) -> (__m256, __m25
     )
 }
 
-/// Weight rows `r..r + GROUP` against activation rows `b0..b0 + t` (`t <= A`):
+/// Weight rows `r..r + GROUP` against activation rows `b0..b0 + t` (`t <= A`),
+/// prefetching `ahead` (the next group's blocks) a group's worth per block:
 /// lane `k` of result `j` is row `r + k` · activation `b0 + j`. Per block and
 /// activation: eight `maddubs` against a broadcast 4-byte activation group give
 /// every row's 32 products in i16 pairs (at most 8 · 2 · 15 · 127 < 2¹⁵: no
@@ -454,11 +455,15 @@ fn group_q4_1<const A: usize>(
     r: usize,
     b0: usize,
     t: usize,
+    ahead: &[BlockQ4_1],
 ) -> [__m256; A] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); A];
     let mut mins = [_mm256_setzero_ps(); A];
     for i in 0..kb {
+        if let Some(next) = ahead.get(i * GROUP..((i + 1) * GROUP).min(ahead.len())) {
+            prefetch(next);
+        }
         let wv = interleave_q4_1(w, kb, r, i);
         let (d, m) = scales_q4_1(w, kb, r, i);
         for (j, (acc, mins)) in acc.iter_mut().zip(&mut mins).enumerate().take(t) {
@@ -494,21 +499,25 @@ pub unsafe fn gemm_q4_1_groups<const A: usize>(
     let n_rows = w.len() / kb;
     let mut r = rows.start;
     while r + GROUP <= rows.end {
-        if PREFETCH_ROWS > 0 && r + GROUP < n_rows {
-            let end = (r + GROUP + PREFETCH_ROWS).min(n_rows);
-            prefetch(&w[(r + GROUP) * kb..end * kb]);
-        }
+        // The next group's rows (contiguous), prefetched a slice per block during the
+        // first pass: a group reads 8 short rows at once, which the hardware
+        // prefetcher does not follow, and a burst of the whole group at once stalls.
+        let ahead = if PREFETCH_ROWS > 0 {
+            &w[(r + GROUP) * kb..(r + 2 * GROUP).min(n_rows) * kb]
+        } else {
+            &[]
+        };
         let mut b0 = 0;
         while b0 < n_act {
             let t = A.min(n_act - b0);
             let mut lanes = [[0.0f32; GROUP]; A];
             if t == 1 {
                 // Batch-1 decode: its own instance, the accumulator in a register.
-                let s = group_q4_1::<1>(w, kb, a, r, b0, 1);
+                let s = group_q4_1::<1>(w, kb, a, r, b0, 1, ahead);
                 // SAFETY: 8 writable f32s.
                 unsafe { _mm256_storeu_ps(lanes[0].as_mut_ptr(), s[0]) };
             } else {
-                let s = group_q4_1::<A>(w, kb, a, r, b0, t);
+                let s = group_q4_1::<A>(w, kb, a, r, b0, t, if b0 == 0 { ahead } else { &[] });
                 for (l, v) in lanes.iter_mut().zip(s).take(t) {
                     // SAFETY: 8 writable f32s.
                     unsafe { _mm256_storeu_ps(l.as_mut_ptr(), v) };

@@ -312,9 +312,9 @@ fn gemm_rows(
         (KernelVariant::Avx2, d) => unsafe {
             use super::avx2 as k;
             match d {
-                WeightData::Q4_1(b) if GROUP_ACT_TILE > 0 => {
+                WeightData::Q4_1(b) if GROUP_ACT_TILE != 0 => {
                     // (The `else` only keeps the never-taken instance well-formed.)
-                    const A: usize = if GROUP_ACT_TILE > 0 {
+                    const A: usize = if GROUP_ACT_TILE != 0 {
                         GROUP_ACT_TILE
                     } else {
                         1
