@@ -66,9 +66,10 @@ pub fn run(prepared: &Prepared, work: &Path, rounds: u32, dir: &Path) -> Result<
         } else {
             std::fs::remove_file(&stale)
         };
-        match removed {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&stale)(e)),
-            _ => {}
+        if let Err(e) = removed
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(&stale)(e));
         }
     }
     let target_dir = compile::target_dir(&prepared.vibeserve_dir);
