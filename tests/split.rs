@@ -60,6 +60,7 @@ fn staged_rounds_are_evaluated_elsewhere_and_resumed_into_state_and_lock() {
 
     let out = vibeserve(&["evaluate", &bundle_arg], &[]);
     assert!(out.status.success(), "evaluate failed");
+    evaluate_resumes_an_interrupted_run(&bundle);
     let results = json(&bundle.join("results.json"));
     let baseline = &results["baseline"];
     assert_eq!(baseline["verdict"], "baseline");
@@ -113,4 +114,69 @@ fn staged_rounds_are_evaluated_elsewhere_and_resumed_into_state_and_lock() {
     let again = build("--resume");
     assert!(!again.status.success(), "a bundle resumes once");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already records round 0"));
+}
+
+/// Rewinds `bundle`'s results.json to what an evaluate killed after judging round 0
+/// leaves (round 0 judged, not measured; round 1 not judged), runs evaluate again and
+/// checks that it keeps round 0's judgement, judges round 1 and measures both; then
+/// that a third run, with everything there, keeps it all and measures nothing.
+fn evaluate_resumes_an_interrupted_run(bundle: &Path) {
+    let path = bundle.join("results.json");
+    let full = json(&path);
+    let mut cut = full.clone();
+    cut["candidates"] = Value::Array(Vec::new());
+    let baseline = &mut cut["baseline"];
+    for (field, empty) in [
+        ("objective", Value::Null),
+        ("metrics", Value::Object(Default::default())),
+        ("reps", Value::Array(Vec::new())),
+        ("hints", Value::Null),
+    ] {
+        baseline[field] = empty;
+    }
+    // A marker the Judge would never write: kept only if the judgement is reused.
+    baseline["probes"][0]["detail"] = Value::String("judged by the interrupted run".into());
+    std::fs::write(&path, serde_json::to_string_pretty(&cut).expect("json")).expect("write");
+    let bundle_arg = bundle.display().to_string();
+
+    let out = vibeserve(&["evaluate", &bundle_arg], &[]);
+    assert!(out.status.success(), "resumed evaluate failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("judgements of round(s) 0 reused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(reused)"), "{stderr}");
+    let resumed = json(&path);
+    assert_eq!(
+        resumed["baseline"]["probes"][0]["detail"], "judged by the interrupted run",
+        "round 0's judgement is kept, not redone"
+    );
+    assert!(resumed["baseline"]["objective"].as_f64().expect("measured") > 0.0);
+    let round1 = &resumed["candidates"][0];
+    assert_eq!(round1["round"], 1);
+    assert_eq!(
+        round1["probes"].as_array().map(Vec::len),
+        full["candidates"][0]["probes"].as_array().map(Vec::len),
+        "round 1 is judged by the resumed run"
+    );
+    let judge1 = stderr.lines().find(|l| l.starts_with("round 1: judge"));
+    assert!(judge1.is_some_and(|l| !l.contains("(reused)")), "{stderr}");
+    if round1["verdict"] != "rejected-judge" {
+        assert_eq!(
+            round1["reps"].as_array().map(Vec::len),
+            Some(3),
+            "round 1 measured"
+        );
+    }
+
+    let out = vibeserve(&["evaluate", &bundle_arg], &[]);
+    assert!(out.status.success(), "evaluate of a finished run failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("judgements of round(s) 0, 1 reused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("measurements: all reused"), "{stderr}");
+    assert_eq!(json(&path), resumed, "nothing is redone");
 }

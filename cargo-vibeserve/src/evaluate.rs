@@ -84,7 +84,7 @@ pub const CPU_BATCHED_DECODE_SKILLS: [&str; 2] = ["hardware/row-tile", "hardware
 pub const QUEUEING_FACTOR: f64 = 4.0;
 
 /// One server's repetitions.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Measurement {
     /// Each repetition's metrics, in order.
     pub reps: Vec<Metrics>,
@@ -244,14 +244,33 @@ impl Evaluator {
         candidates: &[&Path],
         incumbent: &Path,
     ) -> Result<(Measurement, Vec<Evaluation>), EvaluateError> {
+        self.compare_many_from(candidates, incumbent, Vec::new(), |_| Ok(()))
+    }
+
+    /// [`Evaluator::compare_many`], resumed: `done` holds the repetitions an earlier,
+    /// interrupted run finished (the incumbent's first, then each candidate's, as
+    /// `on_rep` was given them), which are kept and not run again; `on_rep` gets every
+    /// server's repetitions so far after each one, to keep them.
+    pub fn compare_many_from<E: From<EvaluateError>>(
+        &self,
+        candidates: &[&Path],
+        incumbent: &Path,
+        done: Vec<Measurement>,
+        mut on_rep: impl FnMut(&[Measurement]) -> Result<(), E>,
+    ) -> Result<(Measurement, Vec<Evaluation>), E> {
         let servers: Vec<&Path> = std::iter::once(incumbent)
             .chain(candidates.iter().copied())
             .collect();
-        let mut reps = vec![Measurement::default(); servers.len()];
+        let mut reps = done;
+        reps.resize(servers.len(), Measurement::default());
         for rep in 0..self.reps {
             for k in 0..servers.len() {
                 let i = (k + rep) % servers.len();
+                if reps[i].reps.len() > rep {
+                    continue;
+                }
                 reps[i].push(self.one_rep(servers[i])?);
+                on_rep(&reps)?;
             }
         }
         let mut measured = reps.into_iter();

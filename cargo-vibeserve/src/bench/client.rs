@@ -17,7 +17,9 @@ use super::workload::Request;
 const ERROR_BODY_CHARS: usize = 200;
 
 /// What kind of failure a request ended in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The connection could not be made (nothing listening, connection refused).

@@ -73,7 +73,7 @@ impl fmt::Display for Slo {
 
 /// Summary statistics of one latency, in milliseconds. All zero when there are no samples
 /// (as vLLM reports them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Arithmetic mean.
     pub mean: f64,
@@ -143,7 +143,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Where the token counts came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenSource {
     /// Every successful request's stream ended with a `usage` object.
@@ -154,7 +154,7 @@ pub enum TokenSource {
 }
 
 /// The metrics of one benchmark run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Benchmark duration in seconds: first measured request sent → last one finished.
     pub duration_s: f64,

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use super::rounds::{HINTS_FILE, round_bin};
 use super::{BuildError, compile, step};
 use crate::evaluate::bundle::{
-    BUNDLE_FILE, BUNDLE_VERSION, Bundle, BundleCandidate, BundleError, TOOL_FILE, run_tool,
-    write_json, xz_compress,
+    BIN_DIR, BUNDLE_FILE, BUNDLE_VERSION, Bundle, BundleCandidate, BundleError, RESULTS_FILE,
+    TOOL_FILE, run_tool, write_json, xz_compress,
 };
 use crate::generate::command::round0_plan;
 use crate::generate::generate;
@@ -58,6 +58,20 @@ pub fn run(prepared: &Prepared, work: &Path, rounds: u32, dir: &Path) -> Result<
         move |source| BuildError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // A batch staged again into DIR must not inherit the last one's results or unpacked
+    // servers (`evaluate` would resume from them, `--resume` would record them).
+    for stale in [dir.join(RESULTS_FILE), dir.join(BIN_DIR)] {
+        let removed = if stale.is_dir() {
+            std::fs::remove_dir_all(&stale)
+        } else {
+            std::fs::remove_file(&stale)
+        };
+        if let Err(e) = removed
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(&stale)(e));
+        }
+    }
     let target_dir = compile::target_dir(&prepared.vibeserve_dir);
     let reference = ensure_bin(prepared, work, &target_dir, 0, &history.attempts[0].plan)?;
     let incumbent = ensure_bin(prepared, work, &target_dir, best.round, &best.plan)?;

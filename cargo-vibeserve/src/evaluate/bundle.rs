@@ -89,10 +89,28 @@ pub struct Results {
     pub device: String,
     /// The objective's metric name.
     pub metric: String,
+    /// The sha256 of the bundle.json these results are of ([`bundle_digest`]): a rerun
+    /// of `evaluate` reuses an interrupted run's judgements only for the same bundle.
+    #[serde(default)]
+    pub bundle: Option<String>,
     /// Round 0's verdict and figures, when the bundle asked for a baseline.
     pub baseline: Option<CandidateResult>,
     /// Every candidate's verdict and figures, in round order.
     pub candidates: Vec<CandidateResult>,
+    /// The repetitions of a benchmark still under way (or cut short), so that a rerun
+    /// goes on from them; absent once the benchmark is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measuring: Option<Measuring>,
+}
+
+/// The repetitions a benchmark finished so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measuring {
+    /// The servers measured, by round: the incumbent's first, then each candidate's.
+    pub rounds: Vec<u32>,
+    /// Each server's repetitions so far, in the same order.
+    pub measured: Vec<crate::evaluate::Measurement>,
 }
 
 /// One candidate's outcome.
@@ -162,6 +180,14 @@ pub fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Resu
         path,
         message: e.to_string(),
     })
+}
+
+/// The sha256 (hex) of `DIR/bundle.json` as it is on disk.
+pub fn bundle_digest(dir: &Path) -> Result<String, BundleError> {
+    use sha2::Digest;
+    let path = dir.join(BUNDLE_FILE);
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::Io { path, source })?;
+    Ok(hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 /// Writes `value` as pretty JSON to `DIR/<name>` (through a temporary file and a rename).

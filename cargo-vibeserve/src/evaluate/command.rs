@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use super::bundle::{
-    BUNDLE_FILE, BUNDLE_VERSION, Bundle, BundleError, CandidateResult, ProbeResult, RESULTS_FILE,
-    Results, read_json, unpack, write_json,
+    BUNDLE_FILE, BUNDLE_VERSION, Bundle, BundleError, CandidateResult, Measuring, ProbeResult,
+    RESULTS_FILE, Results, bundle_digest, read_json, unpack, write_json,
 };
 use super::dummy::{DummyError, DummyJudge, materialize_models};
 use super::{EvaluateError, Evaluation, Evaluator, median};
@@ -37,56 +37,64 @@ pub struct EvaluateArgs {
 }
 
 /// Runs `cargo vibeserve evaluate DIR`.
+///
+/// `DIR/results.json` is written after each judgement and each benchmark repetition.
+/// When it holds an earlier, interrupted run of the same bundle on the same device
+/// (a job cut off by its time limit), its judgements and repetitions are kept and only
+/// what is missing is done: judging the rest, then the benchmark's missing repetitions.
 pub fn run(args: &EvaluateArgs) -> Result<(), CommandError> {
     let dir = &args.dir;
     let bundle: Bundle = read_json(dir, BUNDLE_FILE)?;
     let manifest = Manifest::load(&dir.join(&bundle.manifest))?;
     let reference = unpack(dir, &bundle.reference)?;
     let incumbent = unpack(dir, &bundle.incumbent)?;
-    let judges = Judges::new(&manifest, &bundle, args, &reference)?;
+    let mut judges = Judges::new(&manifest, &bundle, args, &reference)?;
     let evaluator = Evaluator::new(&manifest, &judges.model)?;
     let mut results = Results {
         version: BUNDLE_VERSION,
         target: bundle.target.clone(),
         device: device(),
         metric: evaluator.metric().to_string(),
+        bundle: Some(bundle_digest(dir)?),
         baseline: None,
         candidates: Vec::new(),
+        measuring: None,
     };
     eprintln!("evaluate {} on {}", bundle.target, results.device);
-    let mut judges = judges;
+    let earlier = earlier_results(dir, &results);
+    // Kept on disk until the benchmark goes on from them, in case this run is cut off too.
+    results.measuring = earlier.as_ref().and_then(|e| e.measuring.clone());
     if bundle.baseline {
-        let judgement = judges.judge(&incumbent, false)?;
-        let baseline = judged(0, &judgement);
+        let reused = earlier
+            .as_ref()
+            .and_then(|e| judged_before(e.baseline.as_ref()));
+        let baseline = match reused {
+            Some(b) => {
+                eprintln!("round 0: judge {} (reused)", verdict_line(&b));
+                b
+            }
+            None => judged(0, &judges.judge(&incumbent, false)?),
+        };
         let failed = baseline.verdict == Verdict::RejectedJudge;
+        let reasons = baseline.reason.clone().unwrap_or_default();
         results.baseline = Some(baseline);
+        write_json(dir, RESULTS_FILE, &results)?;
         if failed {
-            write_json(dir, RESULTS_FILE, &results)?;
-            return Err(CommandError::Round0(judgement.reasons()));
+            return Err(CommandError::Round0(reasons));
         }
     }
-    let mut measured = Vec::new();
-    for candidate in &bundle.candidates {
-        let result = match &candidate.binary {
-            None => CandidateResult {
-                reason: candidate.build_error.clone(),
-                ..empty(candidate.round, Verdict::RejectedBuild)
-            },
-            Some(name) => {
-                let bin = unpack(dir, name)?;
-                let result = judged(candidate.round, &judges.judge(&bin, true)?);
-                if result.verdict != Verdict::RejectedJudge {
-                    measured.push((results.candidates.len(), bin));
-                }
-                result
-            }
+    let measured = judge_candidates(dir, &bundle, &mut judges, earlier.as_ref(), &mut results)?;
+    if measured_before(&results, &measured) {
+        eprintln!("measurements: all reused from the earlier run");
+    } else {
+        let servers = Servers {
+            dir,
+            incumbent: (bundle.incumbent_round, &incumbent),
+            candidates: &measured,
         };
-        eprintln!("round {}: judge {}", result.round, verdict_line(&result));
-        results.candidates.push(result);
+        measure(&evaluator, &servers, earlier.as_ref(), &mut results)?;
+        write_json(dir, RESULTS_FILE, &results)?;
     }
-    write_json(dir, RESULTS_FILE, &results)?;
-    measure(&evaluator, &incumbent, &measured, &mut results)?;
-    write_json(dir, RESULTS_FILE, &results)?;
     for r in results.baseline.iter().chain(&results.candidates) {
         println!("round {}: {}", r.round, verdict_line(r));
     }
@@ -94,30 +102,164 @@ pub fn run(args: &EvaluateArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Judges every candidate of the bundle (or keeps its judgement from `earlier`) into
+/// `results`, written to `DIR/results.json` after each, so that a run cut short keeps
+/// what it judged; returns those that passed, to be measured, with their binaries.
+fn judge_candidates(
+    dir: &Path,
+    bundle: &Bundle,
+    judges: &mut Judges,
+    earlier: Option<&Results>,
+    results: &mut Results,
+) -> Result<Vec<(usize, PathBuf)>, CommandError> {
+    let mut measured = Vec::new();
+    for candidate in &bundle.candidates {
+        let before = earlier
+            .and_then(|e| judged_before(e.candidates.iter().find(|r| r.round == candidate.round)));
+        let reused = before.is_some() && candidate.binary.is_some();
+        let result = match (&candidate.binary, before) {
+            (None, _) => CandidateResult {
+                reason: candidate.build_error.clone(),
+                ..empty(candidate.round, Verdict::RejectedBuild)
+            },
+            (Some(name), before) => {
+                let bin = unpack(dir, name)?;
+                let result = match before {
+                    Some(r) => r,
+                    None => judged(candidate.round, &judges.judge(&bin, true)?),
+                };
+                if result.verdict != Verdict::RejectedJudge {
+                    measured.push((results.candidates.len(), bin));
+                }
+                result
+            }
+        };
+        let note = if reused { " (reused)" } else { "" };
+        eprintln!(
+            "round {}: judge {}{note}",
+            result.round,
+            verdict_line(&result)
+        );
+        results.candidates.push(result);
+        write_json(dir, RESULTS_FILE, results)?;
+    }
+    Ok(measured)
+}
+
+/// The results of an earlier run of this bundle on this device in `DIR/results.json`,
+/// if there are any; says what it reuses, or why it reuses nothing.
+fn earlier_results(dir: &Path, now: &Results) -> Option<Results> {
+    if !dir.join(RESULTS_FILE).exists() {
+        return None;
+    }
+    let why_not = match read_json::<Results>(dir, RESULTS_FILE) {
+        Err(e) => format!("unreadable ({e})"),
+        Ok(e) if e.bundle != now.bundle || e.target != now.target => {
+            "of another bundle".to_string()
+        }
+        Ok(e) if e.device != now.device || e.metric != now.metric => {
+            format!("from another device ({})", e.device)
+        }
+        Ok(e) => {
+            let judged: Vec<String> = e
+                .baseline
+                .iter()
+                .chain(&e.candidates)
+                .filter(|r| judged_before(Some(r)).is_some())
+                .map(|r| r.round.to_string())
+                .collect();
+            eprintln!(
+                "resuming an interrupted run: judgements of round(s) {} reused from {RESULTS_FILE}",
+                if judged.is_empty() {
+                    "-".to_string()
+                } else {
+                    judged.join(", ")
+                }
+            );
+            return Some(e);
+        }
+    };
+    eprintln!("{RESULTS_FILE} left by an earlier run is {why_not}: starting over");
+    None
+}
+
+/// `result`, when it carries the Judge's probes (it was judged, maybe measured too).
+fn judged_before(result: Option<&CandidateResult>) -> Option<CandidateResult> {
+    result.filter(|r| !r.probes.is_empty()).cloned()
+}
+
+/// Whether every figure the benchmark would produce is already in `results`: the
+/// baseline's (when there is one) and every judged-and-passed candidate's.
+fn measured_before(results: &Results, measured: &[(usize, PathBuf)]) -> bool {
+    let baseline = results
+        .baseline
+        .as_ref()
+        .is_none_or(|b| b.objective.is_some());
+    let candidates = measured
+        .iter()
+        .all(|(i, _)| results.candidates[*i].objective.is_some());
+    baseline && candidates && !(measured.is_empty() && results.baseline.is_none())
+}
+
+/// What a benchmark measures: the incumbent (round, binary) and the candidates that
+/// passed the Judge (index in the results, binary), of the bundle in `dir`.
+struct Servers<'a> {
+    dir: &'a Path,
+    incumbent: (u32, &'a Path),
+    candidates: &'a [(usize, PathBuf)],
+}
+
 /// Measures the candidates that passed the Judge against the incumbent and fills in
-/// their verdicts and figures, and the baseline's.
+/// their verdicts and figures, and the baseline's. Every repetition is kept in
+/// results.json as it finishes; those an interrupted run of the same servers kept in
+/// `earlier` are not run again.
 fn measure(
     evaluator: &Evaluator,
-    incumbent: &Path,
-    measured: &[(usize, PathBuf)],
+    servers: &Servers,
+    earlier: Option<&Results>,
     results: &mut Results,
 ) -> Result<(), CommandError> {
+    if servers.candidates.is_empty() && results.baseline.is_none() {
+        return Ok(());
+    }
     let metric = results.metric.clone();
-    let bins: Vec<&Path> = measured.iter().map(|(_, b)| b.as_path()).collect();
-    let (inc, evals) = if bins.is_empty() {
-        if results.baseline.is_none() {
-            return Ok(());
-        }
-        (evaluator.measure(incumbent)?, Vec::new())
-    } else {
-        evaluator.compare_many(&bins, incumbent)?
-    };
+    let rounds: Vec<u32> = std::iter::once(servers.incumbent.0)
+        .chain(
+            servers
+                .candidates
+                .iter()
+                .map(|(i, _)| results.candidates[*i].round),
+        )
+        .collect();
+    let done = earlier
+        .and_then(|e| e.measuring.as_ref())
+        .filter(|m| m.rounds == rounds)
+        .map(|m| m.measured.clone())
+        .unwrap_or_default();
+    let reused: usize = done.iter().map(|m| m.reps.len()).sum();
+    if reused > 0 {
+        eprintln!("measurements: {reused} repetition(s) of the interrupted benchmark reused");
+    }
+    let bins: Vec<&Path> = servers
+        .candidates
+        .iter()
+        .map(|(_, b)| b.as_path())
+        .collect();
+    let mut snapshot = results.clone();
+    let (inc, evals) = evaluator.compare_many_from(&bins, servers.incumbent.1, done, |so_far| {
+        snapshot.measuring = Some(Measuring {
+            rounds: rounds.clone(),
+            measured: so_far.to_vec(),
+        });
+        write_json(servers.dir, RESULTS_FILE, &snapshot).map_err(CommandError::from)
+    })?;
+    results.measuring = None;
     if let Some(baseline) = &mut results.baseline {
         baseline.objective = median(&inc.objective(&metric));
         baseline.metrics = key_metrics(&inc.medians(), &metric);
         baseline.reps = inc.objective(&metric);
     }
-    for ((index, _), eval) in measured.iter().zip(evals) {
+    for ((index, _), eval) in servers.candidates.iter().zip(evals) {
         let result = &mut results.candidates[*index];
         fill(result, &eval, &metric);
         eprintln!("round {}: {}", result.round, eval.summary(&metric));

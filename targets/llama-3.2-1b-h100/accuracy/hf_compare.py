@@ -18,16 +18,25 @@ With --shard-gib N (a model too large for one GPU in float32: the 70B shape woul
 282 GB), the reference runs in bf16 with its layers spread over every GPU of the host
 (`device_map="auto"`), each GPU capped at N GiB so that the server beside it keeps its
 own weights and KV cache.
+
+The reference depends only on the weights, the prompts and how it is computed, never on
+the server under test, so it is computed once and kept in MODEL_DIR (a file named
+.hf_reference-KEY.json, written through a temporary file and a rename). KEY hashes the
+prompts file's content, --max-len, the reference's dtype and sharding, the versions of
+torch and transformers, and the model files' names, sizes and modification times: new
+weights, prompts or settings compute it anew. Later candidates skip loading
+transformers (an 8B model in float32 takes 32 GB and most of a minute to load).
 """
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import urllib.request
+from importlib.metadata import version
 
-import torch
-from tokenizers import Tokenizer
-from transformers import LlamaForCausalLM
+CACHE_PREFIX = ".hf_reference-"
 
 
 def server_scores(url, ids):
@@ -44,8 +53,14 @@ def server_scores(url, ids):
     return top1, lp["token_logprobs"][1:]
 
 
-@torch.no_grad()
 def reference(model, tokenizer, ids):
+    import torch
+
+    with torch.no_grad():
+        return _reference(torch, model, tokenizer, ids)
+
+
+def _reference(torch, model, tokenizer, ids):
     first = next(model.parameters()).device  # the embedding's GPU when sharded
     logits = model(input_ids=torch.tensor([ids], device=first)).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)[:-1]
@@ -55,11 +70,60 @@ def reference(model, tokenizer, ids):
 
 
 def load(model_dir, shard_gib):
+    import torch
+    from transformers import LlamaForCausalLM
+
     if shard_gib is None:
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
     memory = {i: f"{shard_gib}GiB" for i in range(torch.cuda.device_count())}
     return LlamaForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16, device_map="auto", max_memory=memory).eval()
+
+
+def cache_key(args, prompts_bytes):
+    """What the reference depends on: prompts, settings, library versions, the weights."""
+    h = hashlib.sha256()
+    h.update(prompts_bytes)
+    setting = "float32" if args.shard_gib is None else f"bfloat16-shard-{args.shard_gib}GiB"
+    h.update(f"\0max-len={args.max_len}\0{setting}\0".encode())
+    h.update(f"torch={version('torch')}\0transformers={version('transformers')}\0".encode())
+    for name in sorted(os.listdir(args.model)):
+        if name.startswith(CACHE_PREFIX) or name.startswith("."):
+            continue
+        st = os.stat(os.path.join(args.model, name))
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def compute_reference(args, prompts):
+    from tokenizers import Tokenizer
+
+    model = load(args.model, args.shard_gib)
+    tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
+    return [dict(zip(("top1", "logprobs"), reference(model, tokenizer, ids))) for ids in prompts]
+
+
+def cached_reference(args, prompts, prompts_bytes):
+    """The reference for every prompt: read from MODEL_DIR's cache, else computed and kept."""
+    path = os.path.join(args.model, f"{CACHE_PREFIX}{cache_key(args, prompts_bytes)}.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            refs = json.load(f)
+        if len(refs) == len(prompts):
+            print(f"reference: cached ({os.path.basename(path)})")
+            return refs
+    except (OSError, ValueError):
+        pass
+    refs = compute_reference(args, prompts)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(refs, f)
+        os.replace(tmp, path)
+        print(f"reference: computed, kept in {os.path.basename(path)}")
+    except OSError as e:  # a read-only model folder: the check still runs, uncached
+        print(f"reference: computed, not kept ({e})")
+    return refs
 
 
 def main():
@@ -72,17 +136,18 @@ def main():
     p.add_argument("--max-logprob-err", type=float, default=0.05)
     p.add_argument("--shard-gib", type=int, default=None)
     args = p.parse_args()
-    model = load(args.model, args.shard_gib)
-    tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
+    with open(args.prompts, "rb") as f:
+        prompts_bytes = f.read()
+    lines = prompts_bytes.decode("utf-8").splitlines()
+    prompts = [json.loads(line)["prompt"][: args.max_len] for line in lines if line.strip()]
+    refs = cached_reference(args, prompts, prompts_bytes)
     agree, total, err = 0, 0, 0.0
-    with open(args.prompts, encoding="utf-8") as f:
-        for line in f:
-            ids = json.loads(line)["prompt"][: args.max_len]
-            ours_top, ours_lp = server_scores(args.url, ids)
-            ref_top, ref_lp = reference(model, tokenizer, ids)
-            agree += sum(a == b for a, b in zip(ours_top, ref_top))
-            err += sum(abs(a - b) for a, b in zip(ours_lp, ref_lp))
-            total += len(ref_top)
+    for ids, ref in zip(prompts, refs):
+        ours_top, ours_lp = server_scores(args.url, ids)
+        ref_top, ref_lp = ref["top1"], ref["logprobs"]
+        agree += sum(a == b for a, b in zip(ours_top, ref_top))
+        err += sum(abs(a - b) for a, b in zip(ours_lp, ref_lp))
+        total += len(ref_top)
     top1, mean_err = agree / total, err / total
     print(f"teacher-forced top-1 agreement {top1:.4f} over {total} positions; "
           f"mean |logprob error| {mean_err:.4f}")
