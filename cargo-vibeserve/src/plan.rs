@@ -155,7 +155,7 @@ pub struct KernelsPlan {
     /// rows interleaved per register (8 rows' block sums per chain, no horizontal
     /// sums, its own float summation order); 0 keeps the row-tile kernels, which sum
     /// in llama.cpp's order. Absent in plans written before it existed (and left out
-    /// when 0, so those plans keep their digests): 0.
+    /// when 0, so those plans keep their digests): 0. Round 0 takes 16.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub group_act_tile: usize,
     /// Output rows a thread claims at a time in a matrix product.
@@ -294,7 +294,7 @@ pub const DEFAULT_SERVING: ServingPlan = ServingPlan {
 pub const DEFAULT_KERNELS: KernelsPlan = KernelsPlan {
     act_tile: 4,
     row_tile: 2,
-    group_act_tile: 0,
+    group_act_tile: 16,
     matmul_row_chunk: 32,
     prefetch_rows: 4,
     pool_spin: 20_000,

@@ -52,7 +52,7 @@ pub const ROW_TILE: usize = 2;
 /// rows interleaved per register (8 rows' block sums per `maddubs` chain, no
 /// horizontal sums; its own float summation order); 0 keeps the row-tile
 /// kernels, which sum in llama.cpp's order.
-pub const GROUP_ACT_TILE: usize = 0;
+pub const GROUP_ACT_TILE: usize = 16;
 /// Output rows per task a thread claims in a matrix product: small enough
 /// to balance 2 threads on the 192-row k/v matrices, large enough that the
 /// atomic claim is noise next to the work.
