@@ -9,8 +9,9 @@
 # Usage (on the GPU machine, from the repository root):
 #   bash DIR/tp_overlap.sh DIR
 # DIR holds server.xz and materialize.xz (stripped, xz-compressed, from a CUDA target's
-# generated crate) and config-8b.json. Env: BATCHES (1,32,128), GEN (64), RUNS (the
-# bench runs, NAME:TP:ALL_REDUCE:OVERLAP), END (540 s: no run starts after it).
+# generated crate) and config-8b.json. Env: BATCHES (1,32,128), PROMPT (128), GEN (64),
+# RUNS (the bench runs, NAME:TP:ALL_REDUCE:OVERLAP), LOGITS (1: the logits stage; 0 skips
+# it), END (540 s: no run starts after it).
 # Results: $OUT/tp_overlap.json and a printed table.
 set -u
 G=$(cd "${1:?usage: tp_overlap.sh DIR}" && pwd)
@@ -21,7 +22,7 @@ export PYTHONUNBUFFERED=1
 # service. The server sets NCCL's for itself too.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 exec > >(tee -a "$OUT/tp_overlap.log") 2>&1
-GEN=${GEN:-64}; BATCHES=${BATCHES:-1,32,128}; END=${END:-540}
+GEN=${GEN:-64}; BATCHES=${BATCHES:-1,32,128}; PROMPT=${PROMPT:-128}; END=${END:-540}
 RUNS=${RUNS:-tp1:1:nccl:off tp2_off:2:nccl:off tp2_on:2:nccl:on tp2_oneshot_off:2:one-shot:off tp2_oneshot_on:2:one-shot:on tp4_off:4:nccl:off tp4_on:4:nccl:on}
 T0=$(date +%s)
 now() { echo $(( $(date +%s) - T0 )); }
@@ -45,13 +46,13 @@ stamp "materialize 8B in $M"
 "$W/materialize" --config "$G/config-8b.json" --seed 0 --out "$M/8b" --threads "$(nproc)" > /dev/null || exit 1
 
 python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-128})))" > "$W/tokens.txt"
-for run in tp1:1:nccl:off tp2_off:2:nccl:off tp2_on:2:nccl:on tp2_oneshot_on:2:one-shot:on tp4_off:4:nccl:off tp4_on:4:nccl:on; do
+[ "${LOGITS:-1}" = 1 ] && for run in tp1:1:nccl:off tp2_off:2:nccl:off tp2_on:2:nccl:on tp2_oneshot_on:2:one-shot:on tp4_off:4:nccl:off tp4_on:4:nccl:on; do
   IFS=: read -r name tp ar ov <<< "$run"
   stamp "logits $name"
   CUDA_VISIBLE_DEVICES=$(gpus "$tp") timeout 90 "$W/server" cuda-logits --model "$M/8b" --tokens "$W/tokens.txt" \
     --out "$W/logits-$name.f32" --tensor-parallel "$tp" --all-reduce "$ar" --overlap-comm "$ov" --chunk 128 2>&1 | tail -1
 done
-python3 - "$W" <<'PY' | tee "$R/logits.json"
+[ "${LOGITS:-1}" = 1 ] && python3 - "$W" <<'PY' | tee "$R/logits.json"
 import json, os, sys
 import numpy as np
 w = sys.argv[1]
@@ -74,7 +75,7 @@ for run in $RUNS; do
   [ "$left" -lt 30 ] && { echo "skipping $name: $(now) s"; continue; }
   stamp "cuda-bench $name"
   CUDA_VISIBLE_DEVICES=$(gpus "$tp") timeout "$(( left < 120 ? left : 120 ))" "$W/server" cuda-bench --model "$M/8b" \
-    --prompt 128 --batch "$BATCHES" --gen-tokens "$GEN" --tensor-parallel "$tp" --all-reduce "$ar" --overlap-comm "$ov" \
+    --prompt "$PROMPT" --batch "$BATCHES" --gen-tokens "$GEN" --tensor-parallel "$tp" --all-reduce "$ar" --overlap-comm "$ov" \
     > "$R/bench_$name.json" 2> "$R/bench_$name.err"
   echo "rc=$? $(tail -2 "$R/bench_$name.err")"
 done
