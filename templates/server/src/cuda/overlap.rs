@@ -54,7 +54,9 @@ pub fn parts(n: usize, split: bool) -> Vec<Range<usize>> {
         let half = n.div_ceil(PARTS);
         vec![0..half, half..n]
     } else {
-        vec![0..n]
+        // One part: the whole step (a struct literal, not `vec![0..n]`, which reads as
+        // a typo for `(0..n).collect()`).
+        vec![Range { start: 0, end: n }]
     }
 }
 
