@@ -66,16 +66,6 @@ int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab, int 
               const float *temps, const uint64_t *seeds, int32_t *out, float *out_score,
               int threads);
 
-/* Sums n floats (n % 4 == 0, n <= cap) of `data` across two ranks in one kernel over
- * peer memory (the one-shot all-reduce of small messages). `exchange` (2 * cap floats),
- * `my_flags` and `epochs` (one int per block, zeroed once) are this rank's;
- * `peer_exchange` and `peer_flags` are the peer's, reachable through peer access. Both
- * ranks must make the same sequence of calls with the same `blocks`. When the peer does
- * not signal within timeout_ns, *error becomes 1 and the sum is not valid. */
-int vs_allreduce2(vs_stream stream, float *data, int n, float *exchange,
-                  const float *peer_exchange, int cap, int *my_flags, int *peer_flags,
-                  int *epochs, int *error, long long timeout_ns, int blocks, int threads);
-
 #ifdef __cplusplus
 }
 #endif

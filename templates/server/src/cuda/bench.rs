@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::device::{DevBuf, Gpu};
 use super::oneshot::parse_all_reduce;
-use super::{AllReduce, CudaError, CudaLlama, ModelGroup, StepInput};
+use super::overlap::parse_on_off;
+use super::{AllReduce, CommChoice, CudaError, CudaLlama, ModelGroup, StepInput};
 use crate::{plan, plan_cuda};
 
 /// Arguments of `server cuda-logits`.
@@ -32,6 +33,9 @@ pub struct LogitsArgs {
     /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
     #[arg(long, value_parser = parse_all_reduce)]
     pub all_reduce: Option<AllReduce>,
+    /// Overlap the all-reduces with compute, `on` or `off` (default: the plan's).
+    #[arg(long, value_parser = parse_on_off)]
+    pub overlap_comm: Option<bool>,
     /// Tokens per step (1: one token at a time, through the decode graphs and the
     /// small all-reduces of decode).
     #[arg(long, default_value_t = plan::PREFILL_CHUNK)]
@@ -59,11 +63,18 @@ pub struct BenchArgs {
     /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
     #[arg(long, value_parser = parse_all_reduce)]
     pub all_reduce: Option<AllReduce>,
+    /// Overlap the all-reduces with compute, `on` or `off` (default: the plan's).
+    #[arg(long, value_parser = parse_on_off)]
+    pub overlap_comm: Option<bool>,
 }
 
-/// The all-reduce asked for, else the plan's.
-fn all_reduce(asked: Option<AllReduce>) -> AllReduce {
-    asked.unwrap_or(plan_cuda::ALL_REDUCE)
+/// The all-reduce and overlap asked for, else the plan's.
+fn choice(all_reduce: Option<AllReduce>, overlap: Option<bool>) -> CommChoice {
+    let plan = CommChoice::planned();
+    CommChoice {
+        all_reduce: all_reduce.unwrap_or(plan.all_reduce),
+        overlap: overlap.unwrap_or(plan.overlap),
+    }
 }
 
 /// Positions of one sequence as device KV blocks, starting at device block `first`.
@@ -125,7 +136,7 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CudaError> {
     let (mut model, _) = ModelGroup::load(
         &args.model,
         args.tensor_parallel,
-        all_reduce(args.all_reduce),
+        choice(args.all_reduce, args.overlap_comm),
     )?;
     let table = table(0, tokens.len());
     let logits = prefill(&mut model, &tokens, &table, true, args.chunk)?;
@@ -151,6 +162,9 @@ struct BatchFigures {
     decode_tok_s: f64,
     /// Milliseconds per decode step.
     step_ms: f64,
+    /// The greedy tokens of every decode step, step by step (`batch` per step): two
+    /// runs of one model compare by them (overlap on against off, TP = N against 1).
+    decoded: Vec<i32>,
 }
 
 /// Device-to-device copy bandwidth of device 0 (bytes read plus written per second).
@@ -202,6 +216,7 @@ fn run_batch(
     }
     let prefill_s = t.elapsed().as_secs_f64();
     let mut last: Vec<i32> = vec![1; batch];
+    let mut decoded = Vec::with_capacity(batch * gen_tokens);
     let t = Instant::now();
     for step in 0..gen_tokens {
         let input = StepInput {
@@ -215,6 +230,7 @@ fn run_batch(
         };
         model.step(&input)?;
         last = model.sampled(batch)?;
+        decoded.extend_from_slice(&last);
     }
     let decode_s = t.elapsed().as_secs_f64();
     Ok(BatchFigures {
@@ -222,17 +238,15 @@ fn run_batch(
         prefill_tok_s: (batch * prompt) as f64 / prefill_s,
         decode_tok_s: (batch * gen_tokens) as f64 / decode_s,
         step_ms: decode_s * 1e3 / gen_tokens as f64,
+        decoded,
     })
 }
 
 /// `server cuda-bench`.
 pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     let bandwidth = copy_bandwidth()?;
-    let (mut model, info) = ModelGroup::load(
-        &args.model,
-        args.tensor_parallel,
-        all_reduce(args.all_reduce),
-    )?;
+    let choice = choice(args.all_reduce, args.overlap_comm);
+    let (mut model, info) = ModelGroup::load(&args.model, args.tensor_parallel, choice)?;
     // Warm-up: captures the graphs and loads the cuBLAS kernels outside the timings.
     for &b in &args.batch {
         run_batch(&mut model, b, args.prompt.min(16), 4)?;
@@ -248,7 +262,8 @@ pub fn bench(args: &BenchArgs) -> Result<(), CudaError> {
     let report = serde_json::json!({
         "device": info.device,
         "tensor_parallel": args.tensor_parallel,
-        "all_reduce": format!("{:?}", all_reduce(args.all_reduce)),
+        "all_reduce": format!("{:?}", choice.all_reduce),
+        "overlap_comm": choice.overlap,
         "weight_bytes": info.rank_weight_bytes.iter().sum::<usize>(),
         "rank_weight_bytes": info.rank_weight_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,

@@ -16,7 +16,7 @@ use cudarc::driver::CudaContext;
 
 use super::comm::{self, Comm};
 use super::config::HfConfig;
-use super::{AllReduce, CudaError, CudaLlama, Rank, StepInput};
+use super::{CommChoice, CudaError, CudaLlama, Rank, StepInput};
 use crate::shard::{Shard, check_split};
 
 /// How long the leader waits for a rank's answer beyond the communicator's own deadline
@@ -76,12 +76,12 @@ pub struct GroupInfo {
 
 impl ModelGroup {
     /// Loads the model folder `dir` over devices `0..tensor_parallel` (1: one GPU in this
-    /// thread), summing partial products with `all_reduce`. The split is checked against
+    /// thread), summing partial products as `choice` says. The split is checked against
     /// the model's shape first.
     pub fn load(
         dir: &Path,
         tensor_parallel: usize,
-        all_reduce: AllReduce,
+        choice: CommChoice,
     ) -> Result<(Self, GroupInfo), CudaError> {
         let config = HfConfig::load(dir)?;
         let c = &config;
@@ -108,7 +108,7 @@ impl ModelGroup {
         let workers: Vec<Worker> = (0..tensor_parallel)
             .map(|r| {
                 let shard = Shard::new(r, tensor_parallel);
-                spawn(dir.to_path_buf(), shard, all_reduce, id)
+                spawn(dir.to_path_buf(), shard, choice, id)
             })
             .collect::<Result<_, _>>()?;
         let mut ranks = Ranks {
@@ -285,7 +285,7 @@ impl Drop for Ranks {
 fn spawn(
     dir: PathBuf,
     shard: Shard,
-    all_reduce: AllReduce,
+    choice: CommChoice,
     id: cudarc::nccl::sys::ncclUniqueId,
 ) -> Result<Worker, CudaError> {
     let (jobs, job_rx) = mpsc::channel::<Job>();
@@ -293,7 +293,7 @@ fn spawn(
     std::thread::Builder::new()
         .name(format!("tp-rank-{}", shard.rank))
         .spawn(move || {
-            let model = load_rank(&dir, shard, all_reduce, id);
+            let model = load_rank(&dir, shard, choice, id);
             let model = match model {
                 Ok(m) => {
                     let loaded = Reply::Loaded {
@@ -318,7 +318,7 @@ fn spawn(
 fn load_rank(
     dir: &Path,
     shard: Shard,
-    all_reduce: AllReduce,
+    choice: CommChoice,
     id: cudarc::nccl::sys::ncclUniqueId,
 ) -> Result<CudaLlama, CudaError> {
     let ctx = CudaContext::new(shard.rank).map_err(|e| CudaError::NoDevice(e.to_string()))?;
@@ -328,7 +328,7 @@ fn load_rank(
         ordinal: shard.rank,
         shard,
         comm: Some(comm),
-        all_reduce,
+        choice,
     };
     CudaLlama::load(dir, rank)
 }

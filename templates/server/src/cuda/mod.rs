@@ -11,6 +11,7 @@ mod ffi;
 pub mod group;
 pub mod model;
 pub mod oneshot;
+pub mod overlap;
 pub mod serve;
 pub mod step;
 pub mod weights;
@@ -18,6 +19,7 @@ pub mod weights;
 pub use crate::plan_cuda::AllReduce;
 pub use group::ModelGroup;
 pub use model::{CudaLlama, Rank, StepInput};
+pub use overlap::CommChoice;
 
 /// What can go wrong on the GPU.
 #[derive(Debug, thiserror::Error)]

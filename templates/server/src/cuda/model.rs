@@ -4,9 +4,10 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
-use cudarc::driver::{CudaGraph, sys as drv_sys};
+use cudarc::driver::{CudaGraph, CudaStream, sys as drv_sys};
 
 use super::CudaError;
 use super::comm::Comm;
@@ -14,6 +15,7 @@ use super::config::HfConfig;
 use super::device::{DevBuf, Gpu, check};
 use super::ffi;
 use super::oneshot::PeerSum;
+use super::overlap::{CommChoice, SideStream, parts};
 use super::step::Layout;
 pub use super::step::StepInput;
 use super::weights::Weights;
@@ -57,8 +59,8 @@ pub struct Rank {
     pub shard: Shard,
     /// Its communicator (none for a model on one GPU).
     pub comm: Option<Comm>,
-    /// How the ranks' partial sums are added.
-    pub all_reduce: AllReduce,
+    /// How the ranks' partial sums are added, and whether they overlap compute.
+    pub choice: CommChoice,
 }
 
 impl Rank {
@@ -68,7 +70,10 @@ impl Rank {
             ordinal: 0,
             shard: Shard::new(0, 1),
             comm: None,
-            all_reduce: AllReduce::Nccl,
+            choice: CommChoice {
+                all_reduce: AllReduce::Nccl,
+                overlap: false,
+            },
         }
     }
 }
@@ -87,6 +92,8 @@ pub struct CudaLlama {
     comm: Option<RefCell<Comm>>,
     /// The one-shot all-reduce, when chosen (small sums; NCCL does the rest).
     peer_sum: Option<PeerSum>,
+    /// The second stream of overlapped sums, when overlap is on (and there are ranks).
+    side: Option<SideStream>,
     weights: Weights,
     buf: Buffers,
     layout: Layout,
@@ -166,6 +173,7 @@ impl CudaLlama {
             shard: rank.shard,
             comm: rank.comm.map(RefCell::new),
             peer_sum: None,
+            side: None,
             weights,
             buf,
             layout,
@@ -176,10 +184,13 @@ impl CudaLlama {
             staging,
         };
         // A first collective outside any graph capture sets up NCCL's connections.
-        model.all_reduce(model.buf.scores.ptr, max_tokens)?;
+        model.all_reduce(&model.gpu.stream, model.buf.scores.ptr, max_tokens)?;
         model.finish()?;
-        if let (Some(comm), AllReduce::OneShot) = (&model.comm, rank.all_reduce) {
+        if let (Some(comm), AllReduce::OneShot) = (&model.comm, rank.choice.all_reduce) {
             model.peer_sum = Some(PeerSum::new(&model.gpu, &mut comm.borrow_mut())?);
+        }
+        if model.comm.is_some() && rank.choice.overlap {
+            model.side = Some(SideStream::new(&model.gpu)?);
         }
         Ok(model)
     }
@@ -299,15 +310,36 @@ impl CudaLlama {
         self.vocab_start..self.vocab_start + self.local.vocab_size
     }
 
-    /// Sums `count` f32 at `buf` over the ranks (nothing on one GPU).
-    fn all_reduce(&self, buf: u64, count: usize) -> Result<(), CudaError> {
+    /// Sums `count` f32 at `buf` over the ranks on `stream` (nothing on one GPU).
+    fn all_reduce(&self, stream: &CudaStream, buf: u64, count: usize) -> Result<(), CudaError> {
         if let Some(p) = self.peer_sum.as_ref().filter(|p| p.fits(count)) {
-            return p.sum(&self.gpu, buf, count);
+            return p.sum(stream, buf, count);
         }
         match &self.comm {
-            Some(comm) => comm
-                .borrow_mut()
-                .all_reduce_f32(buf, count, &self.gpu.stream),
+            Some(comm) => comm.borrow_mut().all_reduce_f32(buf, count, stream),
+            None => Ok(()),
+        }
+    }
+
+    /// Sums the residual `rows` (half `part` of a step split in `parts` parts) over the
+    /// ranks: on the compute stream, or on the side stream when the step is split.
+    fn sum_rows(&self, part: usize, parts: usize, rows: &Range<usize>) -> Result<(), CudaError> {
+        let d = self.local.hidden_size;
+        let (buf, count) = (self.buf.resid.at(rows.start * d * 4), rows.len() * d);
+        match self.side.as_ref().filter(|_| parts > 1) {
+            Some(side) => {
+                let stream = side.fork(&self.gpu.stream, part)?;
+                self.all_reduce(stream, buf, count)?;
+                side.forked(part)
+            }
+            None => self.all_reduce(&self.gpu.stream, buf, count),
+        }
+    }
+
+    /// Makes the compute stream wait for the sum of half `part`, if one is in flight.
+    fn join(&self, part: usize) -> Result<(), CudaError> {
+        match &self.side {
+            Some(side) => side.join(&self.gpu.stream, part),
             None => Ok(()),
         }
     }
@@ -391,73 +423,30 @@ impl CudaLlama {
     fn enqueue(&self, n: usize, n_logits: usize) -> Result<(), CudaError> {
         let (c, b, g) = (&self.local, &self.buf, &self.gpu);
         let st = g.raw_stream();
-        let (d, ff, ni) = (c.hidden_size, c.intermediate_size, n as i32);
-        // Row-parallel products: rank 0 adds its partial sum to the residual, the others
-        // write theirs alone, and the all-reduce of the residual sums them.
-        let first = self.shard.rank == 0;
-        // SAFETY (every launcher call below): the buffers were sized in `load` for
+        // SAFETY (every launcher call in this file): the buffers were sized in `load` for
         // max_tokens ≥ n rows of this config, and the input sections were uploaded by `pack`.
         check("embed", unsafe {
             ffi::vs_embed(
                 st,
                 self.input(self.layout.tokens),
-                ni,
+                n as i32,
                 b.ptr_u16(&self.weights.embed),
                 b.resid.ptr as *mut f32,
-                d as i32,
+                c.hidden_size as i32,
                 self.vocab_start as i32,
                 c.vocab_size as i32,
                 plan_cuda::CUDA_ELEMWISE_THREADS as i32,
             )
         })?;
-        self.all_reduce(b.resid.ptr, n * d)?;
-        for (i, w) in self.weights.layers.iter().enumerate() {
-            self.rmsnorm(&w.attn_norm, std::ptr::null(), n)?;
-            g.gemm(
-                w.wqkv.ptr,
-                b.xb.ptr,
-                b.qkv.ptr,
-                c.qkv_dim(),
-                n,
-                d,
-                false,
-                false,
-            )?;
-            self.attention(i, n)?;
-            g.gemm(
-                w.wo.ptr,
-                b.attn.ptr,
-                b.resid.ptr,
-                d,
-                n,
-                c.num_attention_heads * c.head_dim(),
-                true,
-                first,
-            )?;
-            self.all_reduce(b.resid.ptr, n * d)?;
-            self.rmsnorm(&w.ffn_norm, std::ptr::null(), n)?;
-            g.gemm(
-                w.w_gate_up.ptr,
-                b.xb.ptr,
-                b.gate_up.ptr,
-                2 * ff,
-                n,
-                d,
-                false,
-                false,
-            )?;
-            check("swiglu", unsafe {
-                ffi::vs_swiglu(
-                    st,
-                    b.gate_up.ptr as *const u16,
-                    b.ff.ptr as *mut u16,
-                    ni,
-                    ff as i32,
-                    plan_cuda::CUDA_ELEMWISE_THREADS as i32,
-                )
-            })?;
-            g.gemm(w.w_down.ptr, b.ff.ptr, b.resid.ptr, d, n, ff, true, first)?;
-            self.all_reduce(b.resid.ptr, n * d)?;
+        self.all_reduce(&g.stream, b.resid.ptr, n * c.hidden_size)?;
+        // With overlap, a step of several tokens runs as two halves of rows: one half's
+        // all-reduce (side stream) runs while the other half's products compute.
+        let parts = parts(n, self.side.is_some());
+        for layer in 0..self.weights.layers.len() {
+            self.layer(layer, n, &parts)?;
+        }
+        for part in 0..parts.len() {
+            self.join(part)?;
         }
         if n_logits == 0 {
             return Ok(());
@@ -465,7 +454,7 @@ impl CudaLlama {
         self.rmsnorm(
             &self.weights.norm,
             self.input(self.layout.logit_rows),
-            n_logits,
+            0..n_logits,
         )?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         g.gemm(
@@ -474,7 +463,7 @@ impl CudaLlama {
             b.logits.ptr,
             c.vocab_size,
             n_logits,
-            d,
+            c.hidden_size,
             true,
             false,
         )?;
@@ -494,26 +483,139 @@ impl CudaLlama {
         })
     }
 
-    /// RMSNorm of residual rows (`rows` null: the first `n`) into `xb`.
-    fn rmsnorm(&self, weight: &DevBuf, rows: *const i32, n: usize) -> Result<(), CudaError> {
-        let b = &self.buf;
-        // SAFETY: see `enqueue`.
+    /// Enqueues layer `layer` for `n` tokens run as `parts` (row ranges). Row-parallel
+    /// products: rank 0 adds its partial sum to the residual, the others write theirs
+    /// alone, and the all-reduce of the residual sums them.
+    fn layer(&self, layer: usize, n: usize, parts: &[Range<usize>]) -> Result<(), CudaError> {
+        let (c, b, g) = (&self.local, &self.buf, &self.gpu);
+        let w = &self.weights.layers[layer];
+        let (d, ff, first) = (c.hidden_size, c.intermediate_size, self.shard.rank == 0);
+        let heads = c.num_attention_heads * c.head_dim();
+        // Bytes of one row of each activation (offsets of a half's rows).
+        let (xb, qkv, attn, gu, ffr, res) =
+            (d * 2, c.qkv_dim() * 2, heads * 2, 4 * ff, ff * 2, d * 4);
+        for (part, rows) in parts.iter().enumerate() {
+            self.join(part)?;
+            self.rmsnorm(&w.attn_norm, std::ptr::null(), rows.clone())?;
+            let (r, m) = (rows.start, rows.len());
+            g.gemm(
+                w.wqkv.ptr,
+                b.xb.at(r * xb),
+                b.qkv.at(r * qkv),
+                c.qkv_dim(),
+                m,
+                d,
+                false,
+                false,
+            )?;
+            self.rope_kv(layer, rows)?;
+        }
+        // Every half's K/V is in the cache before any query attends (a prefill chunk's
+        // later rows attend to its earlier ones).
+        self.attention(layer, n)?;
+        for (part, rows) in parts.iter().enumerate() {
+            let (r, m) = (rows.start, rows.len());
+            g.gemm(
+                w.wo.ptr,
+                b.attn.at(r * attn),
+                b.resid.at(r * res),
+                d,
+                m,
+                heads,
+                true,
+                first,
+            )?;
+            self.sum_rows(part, parts.len(), rows)?;
+        }
+        for (part, rows) in parts.iter().enumerate() {
+            self.join(part)?;
+            self.rmsnorm(&w.ffn_norm, std::ptr::null(), rows.clone())?;
+            let (r, m) = (rows.start, rows.len());
+            g.gemm(
+                w.w_gate_up.ptr,
+                b.xb.at(r * xb),
+                b.gate_up.at(r * gu),
+                2 * ff,
+                m,
+                d,
+                false,
+                false,
+            )?;
+            check("swiglu", unsafe {
+                ffi::vs_swiglu(
+                    g.raw_stream(),
+                    b.gate_up.at(r * gu) as *const u16,
+                    b.ff.at(r * ffr) as *mut u16,
+                    m as i32,
+                    ff as i32,
+                    plan_cuda::CUDA_ELEMWISE_THREADS as i32,
+                )
+            })?;
+            g.gemm(
+                w.w_down.ptr,
+                b.ff.at(r * ffr),
+                b.resid.at(r * res),
+                d,
+                m,
+                ff,
+                true,
+                first,
+            )?;
+            self.sum_rows(part, parts.len(), rows)?;
+        }
+        Ok(())
+    }
+
+    /// RMSNorm of residual rows into the same rows of `xb`: `rows_of` null, the rows
+    /// `rows`; else rows `rows_of[i]` into row i, for i in `rows` (from 0).
+    fn rmsnorm(
+        &self,
+        weight: &DevBuf,
+        rows_of: *const i32,
+        rows: Range<usize>,
+    ) -> Result<(), CudaError> {
+        let (b, d) = (&self.buf, self.config.hidden_size);
         check("rmsnorm", unsafe {
             ffi::vs_rmsnorm(
                 self.gpu.raw_stream(),
-                b.resid.ptr as *const f32,
-                rows,
-                n as i32,
+                b.resid.at(rows.start * d * 4) as *const f32,
+                rows_of,
+                rows.len() as i32,
                 weight.ptr as *const u16,
-                b.xb.ptr as *mut u16,
-                self.config.hidden_size as i32,
+                b.xb.at(rows.start * d * 2) as *mut u16,
+                d as i32,
                 self.config.rms_norm_eps,
                 plan_cuda::CUDA_NORM_THREADS as i32,
             )
         })
     }
 
-    /// RoPE, the K/V cache write and attention of layer `layer` for `n` tokens.
+    /// RoPE of the q and k heads of `rows` and their K/V into layer `layer`'s cache.
+    fn rope_kv(&self, layer: usize, rows: &Range<usize>) -> Result<(), CudaError> {
+        let (c, b, l) = (&self.local, &self.buf, &self.layout);
+        let r = rows.start;
+        // SAFETY: see `enqueue`; the cache holds KV_BLOCKS + 1 blocks and `pack` checked
+        // every block id came from a table the scheduler reserved.
+        check("rope_kv", unsafe {
+            ffi::vs_rope_kv(
+                self.gpu.raw_stream(),
+                b.qkv.at(r * c.qkv_dim() * 2) as *mut u16,
+                rows.len() as i32,
+                self.input(l.positions + r),
+                self.input(l.slots + r),
+                b.rope.ptr as *const f32,
+                b.k_cache.at(layer * self.layer_cache_bytes) as *mut u16,
+                b.v_cache.at(layer * self.layer_cache_bytes) as *mut u16,
+                c.num_attention_heads as i32,
+                c.num_key_value_heads as i32,
+                c.head_dim() as i32,
+                plan::KV_BLOCK_SIZE as i32,
+                plan_cuda::CUDA_ELEMWISE_THREADS as i32,
+            )
+        })
+    }
+
+    /// Attention of layer `layer` for `n` tokens (their K/V already in the cache).
     fn attention(&self, layer: usize, n: usize) -> Result<(), CudaError> {
         let (c, b, st) = (&self.local, &self.buf, self.gpu.raw_stream());
         let kc = b.k_cache.at(layer * self.layer_cache_bytes);
@@ -525,25 +627,6 @@ impl CudaLlama {
             plan::KV_BLOCK_SIZE as i32,
         );
         let l = &self.layout;
-        // SAFETY: see `enqueue`; the cache holds KV_BLOCKS + 1 blocks and `pack` checked
-        // every block id came from a table the scheduler reserved.
-        check("rope_kv", unsafe {
-            ffi::vs_rope_kv(
-                st,
-                b.qkv.ptr as *mut u16,
-                n as i32,
-                self.input(l.positions),
-                self.input(l.slots),
-                b.rope.ptr as *const f32,
-                kc as *mut u16,
-                vc as *mut u16,
-                h,
-                kvh,
-                hd,
-                bs,
-                plan_cuda::CUDA_ELEMWISE_THREADS as i32,
-            )
-        })?;
         check("attention", unsafe {
             ffi::vs_attention(
                 st,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, sys as drv_sys};
+use cudarc::driver::{CudaContext, CudaStream, sys as drv_sys};
 
 use super::comm::Comm;
 use super::device::{DevBuf, Gpu, check};
@@ -127,8 +127,8 @@ impl PeerSum {
         count.is_multiple_of(4) && count * 4 <= plan_cuda::ONE_SHOT_MAX_BYTES
     }
 
-    /// Enqueues the sum of `count` f32 at `buf` with every peer's (in place).
-    pub fn sum(&self, gpu: &Gpu, buf: u64, count: usize) -> Result<(), CudaError> {
+    /// Enqueues the sum of `count` f32 at `buf` with every peer's (in place) on `stream`.
+    pub fn sum(&self, stream: &CudaStream, buf: u64, count: usize) -> Result<(), CudaError> {
         let max_blocks = plan_cuda::ONE_SHOT_MAX_BLOCKS;
         let blocks = (count / 4).div_ceil(ONE_SHOT_THREADS).clamp(1, max_blocks);
         // SAFETY: `buf` holds `count` f32 on this device; every exchange holds two slots
@@ -137,7 +137,7 @@ impl PeerSum {
         // max_blocks ints on every rank.
         check("allreduce_peers", unsafe {
             ffi::vs_allreduce_peers(
-                gpu.raw_stream(),
+                stream.cu_stream() as ffi::vs_stream,
                 buf as *mut f32,
                 count as i32,
                 self.exchange.ptr as *mut f32,

@@ -8,7 +8,7 @@ use crate::chat_template::ChatTemplate;
 use crate::http::launch::ServeError;
 use crate::tokenizer::Tokenizer;
 
-use super::{CudaError, ModelGroup};
+use super::{CommChoice, CudaError, ModelGroup};
 use crate::plan_cuda;
 
 /// Used when the folder's `tokenizer_config.json` has no `chat_template`: the roles and
@@ -47,6 +47,6 @@ pub fn load(dir: &Path) -> Result<(Tokenizer, ChatTemplate, Box<dyn Backend>), S
             .unwrap_or_default()
     };
     let chat_template = ChatTemplate::new(&source, text(bos), text(eos))?;
-    let (model, _) = ModelGroup::load(dir, plan_cuda::TENSOR_PARALLEL, plan_cuda::ALL_REDUCE)?;
+    let (model, _) = ModelGroup::load(dir, plan_cuda::TENSOR_PARALLEL, CommChoice::planned())?;
     Ok((tokenizer, chat_template, Box::new(model)))
 }
