@@ -26,6 +26,11 @@ prompts file's content, --max-len, the reference's dtype and sharding, the versi
 torch and transformers, and the model files' names, sizes and modification times: new
 weights, prompts or settings compute it anew. Later candidates skip loading
 transformers (an 8B model in float32 takes 32 GB and most of a minute to load).
+
+With --reference-only (no --url), the reference is computed and kept, and nothing else
+runs: for a model whose server and reference do not fit the GPUs together (the 70B
+shape: 35 GB of weights and its KV cache per GPU beside 38 GiB of transformers), run it
+once before the server starts; the check with --url then reads it from the cache.
 """
 
 import argparse
@@ -128,19 +133,24 @@ def cached_reference(args, prompts, prompts_bytes):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True)
+    p.add_argument("--url")
     p.add_argument("--model", required=True)
     p.add_argument("--prompts", required=True)
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--min-top1", type=float, default=0.99)
     p.add_argument("--max-logprob-err", type=float, default=0.05)
     p.add_argument("--shard-gib", type=int, default=None)
+    p.add_argument("--reference-only", action="store_true")
     args = p.parse_args()
+    if not args.reference_only and args.url is None:
+        p.error("--url is required unless --reference-only")
     with open(args.prompts, "rb") as f:
         prompts_bytes = f.read()
     lines = prompts_bytes.decode("utf-8").splitlines()
     prompts = [json.loads(line)["prompt"][: args.max_len] for line in lines if line.strip()]
     refs = cached_reference(args, prompts, prompts_bytes)
+    if args.reference_only:
+        return
     agree, total, err = 0, 0, 0.0
     for ids, ref in zip(prompts, refs):
         ours_top, ours_lp = server_scores(args.url, ids)

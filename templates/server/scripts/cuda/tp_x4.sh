@@ -3,13 +3,16 @@
 # weights written by the generated crate's `materialize` (timed), its decode tok/s at
 # TP = 4 against the aggregate bandwidth floor (each rank reads its quarter of the
 # weights at the measured copy bandwidth of one GPU); and, on the same host, the 8B
-# shape at TP = 1, 2 (CUDA_VISIBLE_DEVICES=0,1) and 4, NCCL and one-shot all-reduce.
+# shape at TP = 1, 2 (CUDA_VISIBLE_DEVICES=0,1) and 4, NCCL and one-shot all-reduce;
+# and the 70B target's accuracy check against Hugging Face transformers (bf16 over the
+# four GPUs), its reference computed before our server takes the GPUs.
 #
 # Usage (on the GPU machine, from the repository root):
 #   bash DIR/tp_x4.sh DIR
 # DIR holds: server.xz and materialize.xz (stripped, xz-compressed, from the generated
 # crate of targets/llama-3.1-70b-h100x4), config-8b.json and config-70b.json (the
-# targets' config.json). Env: STAGES (default "eight seventy"), BATCHES (1,32,128), GEN
+# targets' config.json), and for the accuracy stage hf_compare.py and prompts-70b.jsonl
+# (the 70B target's accuracy/ files). Env: STAGES (default "eight seventy accuracy70"), BATCHES (1,32,128), GEN
 # (64), GEN70 (32), MAT_THREADS (48: the rest of the 64 cores keep the 8B timings clean),
 # MAT_DEADLINE (420 s), END (575 s: every run stops by then). The 8B stage also checks
 # the one-shot all-reduce's logits (TP = 2 and 4, one token a step) against NCCL's and
@@ -25,7 +28,7 @@ export PYTHONUNBUFFERED=1
 # service. The server sets NCCL's for itself too.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 exec > >(tee -a "$OUT/tp_x4.log") 2>&1
-STAGES=${STAGES:-eight seventy}; GEN=${GEN:-64}; GEN70=${GEN70:-32}; BATCHES=${BATCHES:-1,32,128}
+STAGES=${STAGES:-eight seventy accuracy70}; GEN=${GEN:-64}; GEN70=${GEN70:-32}; BATCHES=${BATCHES:-1,32,128}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 T0=$(date +%s)
 now() { echo $(( $(date +%s) - T0 )); }
@@ -58,6 +61,32 @@ bench() { # name model timeout args...
   stamp "cuda-bench $name"
   timeout "$limit" "$W/server" cuda-bench --model "$M/$model" --prompt 128 "$@" > "$R/bench_$name.json" 2> "$R/bench_$name.err"
   echo "rc=$? $(tail -c 600 "$R/bench_$name.json") $(tail -2 "$R/bench_$name.err")"
+}
+
+# The 70B target's [accuracy] command on this host: transformers in bf16 over the four
+# GPUs and our server do not fit them together (35 GB of weights and the KV cache per GPU
+# beside 38 GiB of the reference), so the reference is computed first and kept in the
+# model folder, then the server starts and the check reads it from there.
+accuracy70() {
+  local left=$(( ${END:-575} - $(now) )) port=8170 pid
+  [ "$left" -gt 200 ] || { echo "accuracy 70B: skipped, $left s left" | tee "$R/accuracy70.txt"; return; }
+  stamp "accuracy 70B: transformers reference ($left s left)"
+  timeout $(( left - 90 )) python3 "$G/hf_compare.py" --reference-only --model "$M/70b" \
+    --prompts "$G/prompts-70b.jsonl" --shard-gib 38 > "$R/reference70.log" 2>&1
+  local rc=$?
+  tail -3 "$R/reference70.log"
+  [ $rc = 0 ] || { echo "accuracy 70B: no reference (exit $rc)" | tee "$R/accuracy70.txt"; return; }
+  stamp "accuracy 70B: our server"
+  "$W/server" serve --model "$M/70b" --port $port > "$R/serve70.log" 2>&1 &
+  pid=$!
+  while ! curl -sf localhost:$port/health > /dev/null; do
+    kill -0 $pid 2>/dev/null && [ "$(now)" -lt "${END:-575}" ] || { tail -3 "$R/serve70.log"; kill $pid 2>/dev/null; return; }
+    sleep 1
+  done
+  timeout $(( ${END:-575} - $(now) )) python3 "$G/hf_compare.py" --url "http://127.0.0.1:$port" --model "$M/70b" \
+    --prompts "$G/prompts-70b.jsonl" --min-top1 0.8 --max-logprob-err 0.15 --shard-gib 38 | tee "$R/accuracy70.txt"
+  echo "accuracy 70B exit ${PIPESTATUS[0]}" | tee -a "$R/accuracy70.txt"
+  kill $pid; wait $pid 2>/dev/null
 }
 
 stamp "materialize 8B"
@@ -115,6 +144,7 @@ if has seventy; then
     if [ "$(now)" -lt "${ONESHOT70_BEFORE:-430}" ]; then
       bench 70b_tp4_oneshot 70b $(( ${END:-575} - $(now) )) --batch "$BATCHES" --gen-tokens "$GEN70" --tensor-parallel 4 --all-reduce one-shot
     fi
+    has accuracy70 && accuracy70
   fi
   rm -rf "$M/70b"
 fi
@@ -127,6 +157,8 @@ lg = os.path.join(res, "logits.json")
 out["logits"] = json.load(open(lg)) if os.path.exists(lg) else None
 mat = os.path.join(res, "materialize.jsonl")
 out["materialize"] = [json.loads(l) for l in open(mat)] if os.path.exists(mat) else []
+acc = os.path.join(res, "accuracy70.txt")
+out["accuracy70"] = open(acc).read().strip().splitlines() if os.path.exists(acc) else None
 for f in sorted(os.listdir(res)):
     if f.startswith("bench_") and f.endswith(".json"):
         try:
