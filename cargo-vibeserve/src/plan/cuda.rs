@@ -131,6 +131,10 @@ pub enum AllReduce {
     /// One kernel that reads every peer's buffer over NVLink and sums in place: lower
     /// latency for the few-KiB messages of batch-1 decode, slower for large ones.
     OneShot,
+    /// One kernel that writes this rank's values into every peer's inbox and polls its
+    /// own inbox, each value its own arrival flag (Lamport style): one trip over NVLink,
+    /// no flags or fences, for the same small messages.
+    OneShotPush,
 }
 
 impl AllReduce {
@@ -139,6 +143,7 @@ impl AllReduce {
         match self {
             AllReduce::Nccl => "AllReduce::Nccl",
             AllReduce::OneShot => "AllReduce::OneShot",
+            AllReduce::OneShotPush => "AllReduce::OneShotPush",
         }
     }
 }

@@ -1,5 +1,6 @@
-// Communication kernels of a tensor-parallel group: the one-shot all-reduce over peer
-// memory (plain CUDA peer-to-peer; no NVLink multicast). Launch shapes and limits come
+// Communication kernels of a tensor-parallel group: the one-shot all-reduces over peer
+// memory (plain CUDA peer-to-peer; no NVLink multicast): `pull` (publish, flag, read the
+// peers' copies) and `push` (write into the peers' inboxes, poll one's own). Launch shapes and limits come
 // from the Rust side (src/plan_cuda.rs).
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -80,6 +81,114 @@ extern "C" int vs_allreduce_peers(vs_stream stream, float *data, int n, float *e
     case 2: launch_peers<2>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads); break;
     case 4: launch_peers<4>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads); break;
     case 8: launch_peers<8>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads); break;
+    default: return (int)cudaErrorInvalidValue;
+  }
+  return (int)cudaGetLastError();
+}
+
+// ------------------------------------------------------------------ push (Lamport)
+
+// An inbox element that no peer has written yet. The bits are a NaN that a sum never
+// needs to carry: a value with these bits is sent as the canonical NaN instead.
+#define VS_EMPTY 0xffffffffu
+
+static __device__ __forceinline__ float4 ld_volatile4(const float4 *p) {
+  float4 v;
+  asm volatile("ld.volatile.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "l"(p));
+  return v;
+}
+
+static __device__ __forceinline__ bool arrived(float4 v) {
+  return __float_as_uint(v.x) != VS_EMPTY && __float_as_uint(v.y) != VS_EMPTY &&
+         __float_as_uint(v.z) != VS_EMPTY && __float_as_uint(v.w) != VS_EMPTY;
+}
+
+static __device__ __forceinline__ float sendable(float x) {
+  return __float_as_uint(x) == VS_EMPTY ? __uint_as_float(0x7fc00000u) : x;
+}
+
+// Each thread owns fixed float4s of the message (the grid is always the same), writes
+// them into slot `rank` of every peer's inbox, then polls its own inbox's slots until
+// every peer's value is there: the value is its own arrival flag, so there is no fence,
+// no flag and no second trip over NVLink. After reading, the thread empties the slots.
+// Two inboxes alternate by call: a peer writes into this inbox again only two calls on,
+// which needs this rank's data of the call in between, sent after this call ended.
+template <int WORLD>
+__global__ void allreduce_push_kernel(float4 *data, int n4, vs_peers peers, int rank, int cap4,
+                                      int *epochs, int *error, long long timeout_ns) {
+  __shared__ int epoch;
+  if (threadIdx.x == 0) epoch = epochs[blockIdx.x] + 1;
+  __syncthreads();
+  const int half = WORLD * cap4;  // one inbox: a slot of cap4 float4 per source rank
+  const int box = (epoch & 1) * half;
+  const int stride = gridDim.x * blockDim.x;
+  float4 *mine = (float4 *)peers.exchange[rank];
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
+    float4 v = data[i];
+    v = make_float4(sendable(v.x), sendable(v.y), sendable(v.z), sendable(v.w));
+#pragma unroll
+    for (int p = 0; p < WORLD; p++)
+      if (p != rank) ((float4 *)peers.exchange[p])[box + rank * cap4 + i] = v;
+  }
+  const float4 empty = make_float4(__uint_as_float(VS_EMPTY), __uint_as_float(VS_EMPTY),
+                                   __uint_as_float(VS_EMPTY), __uint_as_float(VS_EMPTY));
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
+    float4 v[WORLD];
+#pragma unroll
+    for (int p = 0; p < WORLD; p++) {
+      if (p == rank) {
+        v[p] = data[i];
+        continue;
+      }
+      const float4 *slot = mine + box + p * cap4 + i;
+      v[p] = ld_volatile4(slot);
+      if (!arrived(v[p])) {
+        unsigned long long start = comm_now_ns();
+        do {
+          if ((long long)(comm_now_ns() - start) > timeout_ns) {
+            atomicExch(error, 1);
+            break;
+          }
+          v[p] = ld_volatile4(slot);
+        } while (!arrived(v[p]));
+      }
+    }
+    float4 s = v[0];
+#pragma unroll
+    for (int p = 1; p < WORLD; p++) {
+      s.x += v[p].x;
+      s.y += v[p].y;
+      s.z += v[p].z;
+      s.w += v[p].w;
+    }
+    data[i] = s;
+#pragma unroll
+    for (int p = 0; p < WORLD; p++)
+      if (p != rank) mine[box + p * cap4 + i] = empty;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
+}
+
+template <int WORLD>
+static void launch_push(cudaStream_t s, float *data, int n, vs_peers peers, int rank, int cap,
+                        int *epochs, int *error, long long timeout_ns, int blocks, int threads) {
+  allreduce_push_kernel<WORLD><<<blocks, threads, 0, s>>>((float4 *)data, n / 4, peers, rank,
+                                                          cap / 4, epochs, error, timeout_ns);
+}
+
+extern "C" int vs_allreduce_push(vs_stream stream, float *data, int n, vs_peers peers, int world,
+                                 int rank, int cap, int *epochs, int *error, long long timeout_ns,
+                                 int blocks, int threads) {
+  if (n == 0) return 0;
+  if (n % 4 != 0 || n > cap || rank >= world) return (int)cudaErrorInvalidValue;
+  cudaStream_t s = (cudaStream_t)stream;
+  switch (world) {
+    case 2: launch_push<2>(s, data, n, peers, rank, cap, epochs, error, timeout_ns, blocks, threads); break;
+    case 4: launch_push<4>(s, data, n, peers, rank, cap, epochs, error, timeout_ns, blocks, threads); break;
+    case 8: launch_push<8>(s, data, n, peers, rank, cap, epochs, error, timeout_ns, blocks, threads); break;
     default: return (int)cudaErrorInvalidValue;
   }
   return (int)cudaGetLastError();

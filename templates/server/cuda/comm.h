@@ -32,6 +32,16 @@ int vs_allreduce_peers(vs_stream stream, float *data, int n, float *exchange, vs
                        int world, int rank, int cap, int *epochs, int *error,
                        long long timeout_ns, int max_blocks, int blocks, int threads);
 
+/* Push all-reduce (Lamport style): same result and calling rules as vs_allreduce_peers,
+ * but each rank writes its data into slot `rank` of every peer's inbox
+ * (peers.exchange[p]: two inboxes of world slots of cap floats, filled with 0xffffffff
+ * bits before the first call) and polls its own inbox until every peer's values have
+ * arrived: the values are the flags. The grid must be the same on every call (`blocks`
+ * fixed), so each thread owns the same elements and each block's epoch stays in step. */
+int vs_allreduce_push(vs_stream stream, float *data, int n, vs_peers peers, int world, int rank,
+                      int cap, int *epochs, int *error, long long timeout_ns, int blocks,
+                      int threads);
+
 #ifdef __cplusplus
 }
 #endif

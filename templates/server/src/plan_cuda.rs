@@ -59,4 +59,7 @@ pub enum AllReduce {
     /// One kernel that reads every peer's buffer over NVLink and sums in place: lower
     /// latency for the few-KiB messages of batch-1 decode.
     OneShot,
+    /// One kernel that writes into every peer's inbox and polls its own, each value its
+    /// own arrival flag: one trip over NVLink, no flags or fences.
+    OneShotPush,
 }

@@ -11,12 +11,15 @@
 #   bash DIR/tp_x4.sh DIR
 # DIR holds: server.xz and materialize.xz (stripped, xz-compressed, from the generated
 # crate of targets/llama-3.1-70b-h100x4), config-8b.json and config-70b.json (the
-# targets' config.json), and for the accuracy stage hf_compare.py and prompts-70b.jsonl
-# (the 70B target's accuracy/ files). Env: STAGES (default "eight seventy accuracy70"), BATCHES (1,32,128), GEN
-# (64), GEN70 (32), MAT_THREADS (48: the rest of the 64 cores keep the 8B timings clean),
-# MAT_DEADLINE (420 s), END (575 s: every run stops by then). The 8B stage also checks
-# the one-shot all-reduce's logits (TP = 2 and 4, one token a step) against NCCL's and
-# TP = 1's.
+# targets' config.json), and for the accuracy stage the 70B target's accuracy script and
+# prompts (targets/llama-3.2-1b-h100/accuracy/hf_compare.py and
+# targets/llama-3.1-70b-h100x4/accuracy/prompts.jsonl as prompts-70b.jsonl).
+# Env: STAGES ("eight seventy accuracy70"); LOGIT_RUNS and BENCH_RUNS (the 8B runs, each
+# name:tp:all-reduce:GPUs; the defaults compare one-shot pull and push with TP = 1, and
+# the two one-shot kernels' logits, which must be equal); AR70 (the 70B's all-reduces,
+# "one-shot-push"); BATCHES (1,32,128) and BATCHES70 (the same); GEN (64), GEN70 (32);
+# MAT_THREADS (48: the rest of the 64 cores keep the 8B timings clean); MAT_DEADLINE
+# (420 s); END (575 s: every run stops by then).
 # Results: $OUT/tp_x4.json (every cuda-bench line, the logits agreement and the
 # materialize times) and a printed table.
 set -u
@@ -100,7 +103,7 @@ if has eight; then
   # Teacher-forced logits one token a step (the decode graphs and their small
   # all-reduces): NCCL's and the one-shot sums must agree with each other and with TP=1.
   python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-128})))" > "$W/tokens.txt"
-  for run in tp1:1:nccl:0 tp2_oneshot:2:one-shot:0,1 tp4:4:nccl:0,1,2,3 tp4_oneshot:4:one-shot:0,1,2,3; do
+  for run in ${LOGIT_RUNS:-tp1:1:nccl:0 tp2_push:2:one-shot-push:0,1 tp4_push:4:one-shot-push:0,1,2,3 tp4_oneshot:4:one-shot:0,1,2,3}; do
     IFS=: read -r name tp ar gpus <<< "$run"
     stamp "logits 8B $name"
     CUDA_VISIBLE_DEVICES=$gpus timeout 120 "$W/server" cuda-logits --model "$M/8b" --tokens "$W/tokens.txt" \
@@ -113,7 +116,8 @@ w = sys.argv[1]
 load = lambda n: np.fromfile(os.path.join(w, f"logits-{n}.f32"), dtype=np.float32).reshape(-1, 128256)
 ref = load("tp1")
 out = {}
-for a, b in (("tp2_oneshot", "tp1"), ("tp4", "tp1"), ("tp4_oneshot", "tp1"), ("tp4_oneshot", "tp4")):
+# Both one-shot kernels add the ranks' values in rank order: their logits must be equal.
+for a, b in (("tp2_push", "tp1"), ("tp4_push", "tp1"), ("tp4_oneshot", "tp1"), ("tp4_push", "tp4_oneshot")):
     try:
         x, y = load(a), load(b)
     except (OSError, ValueError) as e:
@@ -123,11 +127,11 @@ for a, b in (("tp2_oneshot", "tp1"), ("tp4", "tp1"), ("tp4_oneshot", "tp1"), ("t
 print(json.dumps(out))
 PY
   G8="--batch $BATCHES --gen-tokens $GEN"
-  CUDA_VISIBLE_DEVICES=0 bench 8b_tp1 8b 150 $G8 --tensor-parallel 1
-  CUDA_VISIBLE_DEVICES=0,1 bench 8b_tp2 8b 150 $G8 --tensor-parallel 2 --all-reduce nccl
-  CUDA_VISIBLE_DEVICES=0,1 bench 8b_tp2_oneshot 8b 150 $G8 --tensor-parallel 2 --all-reduce one-shot
-  bench 8b_tp4 8b 150 $G8 --tensor-parallel 4 --all-reduce nccl
-  bench 8b_tp4_oneshot 8b 150 $G8 --tensor-parallel 4 --all-reduce one-shot
+  # name:tp:all-reduce:GPUs
+  for run in ${BENCH_RUNS:-tp1:1:nccl:0 tp2_oneshot:2:one-shot:0,1 tp2_push:2:one-shot-push:0,1 tp4_push:4:one-shot-push:0,1,2,3}; do
+    IFS=: read -r name tp ar gpus <<< "$run"
+    CUDA_VISIBLE_DEVICES=$gpus bench "8b_$name" 8b 150 $G8 --tensor-parallel "$tp" --all-reduce "$ar"
+  done
   rm -rf "$M/8b"
 fi
 if has seventy; then
@@ -140,10 +144,9 @@ if has seventy; then
   cat "$W/mat70.log"; free -g | head -2
   if [ -f "$M/70b/model.safetensors" ]; then
     # Each run stops by END s, so the summary still comes back within the call.
-    bench 70b_tp4 70b $(( ${END:-575} - $(now) )) --batch "$BATCHES" --gen-tokens "$GEN70" --tensor-parallel 4 --all-reduce nccl
-    if [ "$(now)" -lt "${ONESHOT70_BEFORE:-430}" ]; then
-      bench 70b_tp4_oneshot 70b $(( ${END:-575} - $(now) )) --batch "$BATCHES" --gen-tokens "$GEN70" --tensor-parallel 4 --all-reduce one-shot
-    fi
+    for ar in ${AR70:-one-shot-push}; do
+      bench "70b_tp4_$ar" 70b $(( ${END:-575} - $(now) )) --batch "${BATCHES70:-$BATCHES}" --gen-tokens "$GEN70" --tensor-parallel 4 --all-reduce "$ar"
+    done
     has accuracy70 && accuracy70
   fi
   rm -rf "$M/70b"
@@ -173,7 +176,7 @@ for k, v in speed.items():
     print(f"{k:<20}" + "".join(f"{v.get(b, 0):>10.1f}" for b in (1, 32, 128))
           + f"   floor {r['batch1_floor_tok_s']:.1f} ({(r['batch1_floor_ratio'] or 0):.0%}), copy {r['copy_bandwidth_gb_s']:.0f} GB/s", file=sys.stderr)
 base = speed.get("8b_tp1", {})
-for k in ("8b_tp2", "8b_tp2_oneshot", "8b_tp4", "8b_tp4_oneshot"):
-    if k in speed and base:
+for k in speed:
+    if k.startswith("8b_") and k != "8b_tp1" and base:
         print(f"{k} / 8b_tp1: " + ", ".join(f"b{b} {speed[k][b] / base[b]:.2f}x" for b in speed[k] if b in base), file=sys.stderr)
 PY

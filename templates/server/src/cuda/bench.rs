@@ -30,7 +30,8 @@ pub struct LogitsArgs {
     /// GPUs to split the model over (default: the plan's).
     #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
     pub tensor_parallel: usize,
-    /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
+    /// The all-reduce of a split model, `nccl`, `one-shot` or `one-shot-push` (default:
+    /// the plan's).
     #[arg(long, value_parser = parse_all_reduce)]
     pub all_reduce: Option<AllReduce>,
     /// Overlap the all-reduces with compute, `on` or `off` (default: the plan's).
@@ -60,7 +61,8 @@ pub struct BenchArgs {
     /// GPUs to split the model over (default: the plan's).
     #[arg(long, default_value_t = plan_cuda::TENSOR_PARALLEL)]
     pub tensor_parallel: usize,
-    /// The all-reduce of a split model, `nccl` or `one-shot` (default: the plan's).
+    /// The all-reduce of a split model, `nccl`, `one-shot` or `one-shot-push` (default:
+    /// the plan's).
     #[arg(long, value_parser = parse_all_reduce)]
     pub all_reduce: Option<AllReduce>,
     /// Overlap the all-reduces with compute, `on` or `off` (default: the plan's).

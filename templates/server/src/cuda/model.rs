@@ -186,8 +186,15 @@ impl CudaLlama {
         // A first collective outside any graph capture sets up NCCL's connections.
         model.all_reduce(&model.gpu.stream, model.buf.scores.ptr, max_tokens)?;
         model.finish()?;
-        if let (Some(comm), AllReduce::OneShot) = (&model.comm, rank.choice.all_reduce) {
-            model.peer_sum = Some(PeerSum::new(&model.gpu, &mut comm.borrow_mut())?);
+        if let Some(comm) = &model.comm {
+            let push = match rank.choice.all_reduce {
+                AllReduce::Nccl => None,
+                AllReduce::OneShot => Some(false),
+                AllReduce::OneShotPush => Some(true),
+            };
+            if let Some(push) = push {
+                model.peer_sum = Some(PeerSum::new(&model.gpu, &mut comm.borrow_mut(), push)?);
+            }
         }
         if model.comm.is_some() && rank.choice.overlap {
             model.side = Some(SideStream::new(&model.gpu)?);

@@ -1,7 +1,8 @@
-//! The one-shot all-reduce over peer memory (`all_reduce = "one-shot"`): one kernel per
-//! sum instead of NCCL's launch and protocol, for the small messages of batch-1 decode
-//! (16 KB for an 8B model, 32 KB for a 70B one). Every rank reads every peer's copy
-//! directly (2, 4 or 8 ranks); peer access is plain CUDA peer-to-peer
+//! The one-shot all-reduces over peer memory (`all_reduce = "one-shot"` or
+//! `"one-shot-push"`): one kernel per sum instead of NCCL's launch and protocol, for the
+//! small messages of batch-1 decode (16 KB for an 8B model, 32 KB for a 70B one). `pull`
+//! publishes, flags and reads every peer's copy; `push` writes into every peer's inbox and
+//! polls its own (2, 4 or 8 ranks). Peer access is plain CUDA peer-to-peer
 //! (`cuCtxEnablePeerAccess`): no NVLink multicast. Larger messages go to NCCL.
 
 use std::sync::Arc;
@@ -24,7 +25,10 @@ pub fn parse_all_reduce(s: &str) -> Result<AllReduce, String> {
     match s {
         "nccl" => Ok(AllReduce::Nccl),
         "one-shot" => Ok(AllReduce::OneShot),
-        other => Err(format!("all-reduce {other:?} is not nccl or one-shot")),
+        "one-shot-push" => Ok(AllReduce::OneShotPush),
+        other => Err(format!(
+            "all-reduce {other:?} is not nccl, one-shot or one-shot-push"
+        )),
     }
 }
 
@@ -33,9 +37,11 @@ fn timeout_ns() -> i64 {
     plan_cuda::ONE_SHOT_TIMEOUT_MS as i64 * 1_000_000
 }
 
-/// One rank's part of the one-shot all-reduce: its exchange slots and flags, and every
-/// peer's, reachable through peer access.
+/// One rank's part of a one-shot all-reduce: its exchange slots (pull) or inboxes (push)
+/// and flags, and every peer's, reachable through peer access.
 pub struct PeerSum {
+    /// Push (inboxes polled for arrival) rather than pull (slots read after a flag).
+    push: bool,
     exchange: DevBuf,
     /// This rank's flags, which the peers set (reached through `peers`).
     _flags: DevBuf,
@@ -77,8 +83,9 @@ fn enable_peer(gpu: &Gpu, rank: usize, peer: usize) -> Result<Arc<CudaContext>, 
 
 impl PeerSum {
     /// Enables access to every peer's device from this rank's context and trades buffer
-    /// addresses with the peers through `comm` (every rank calls this at load).
-    pub fn new(gpu: &Gpu, comm: &mut Comm) -> Result<Self, CudaError> {
+    /// addresses with the peers through `comm` (every rank calls this at load). `push`:
+    /// the push kernel's inboxes (two of a slot per rank, empty) instead of pull's slots.
+    pub fn new(gpu: &Gpu, comm: &mut Comm, push: bool) -> Result<Self, CudaError> {
         let world = comm.world;
         if !matches!(world, 2 | 4 | 8) {
             return Err(CudaError::Nccl(format!(
@@ -91,7 +98,16 @@ impl PeerSum {
             .map(|p| enable_peer(gpu, comm.rank, p))
             .collect::<Result<Vec<_>, _>>()?;
         let blocks = plan_cuda::ONE_SHOT_MAX_BLOCKS;
-        let exchange = DevBuf::zeroed(2 * plan_cuda::ONE_SHOT_MAX_BYTES)?;
+        let exchange = if push {
+            let inboxes = DevBuf::new(2 * world * plan_cuda::ONE_SHOT_MAX_BYTES)?;
+            // Every element starts empty: all ones is the kernel's "not arrived" NaN.
+            // SAFETY: the buffer holds `inboxes.bytes` bytes.
+            unsafe { cudarc::driver::result::memset_d8_sync(inboxes.ptr, 0xff, inboxes.bytes) }
+                .map_err(CudaError::driver)?;
+            inboxes
+        } else {
+            DevBuf::zeroed(2 * plan_cuda::ONE_SHOT_MAX_BYTES)?
+        };
         let flags = DevBuf::zeroed(MAX_RANKS * blocks * 4)?;
         let epochs = DevBuf::zeroed(blocks * 4)?;
         let error = DevBuf::zeroed(4)?;
@@ -111,6 +127,7 @@ impl PeerSum {
             table.flags[p] = pair[1] as *mut i32;
         }
         Ok(Self {
+            push,
             exchange,
             _flags: flags,
             epochs,
@@ -130,6 +147,28 @@ impl PeerSum {
     /// Enqueues the sum of `count` f32 at `buf` with every peer's (in place) on `stream`.
     pub fn sum(&self, stream: &CudaStream, buf: u64, count: usize) -> Result<(), CudaError> {
         let max_blocks = plan_cuda::ONE_SHOT_MAX_BLOCKS;
+        let cap = (plan_cuda::ONE_SHOT_MAX_BYTES / 4) as i32;
+        if self.push {
+            // SAFETY: `buf` holds `count` f32 on this device (`fits` bounds it by cap);
+            // every rank's inboxes hold 2 · world slots of cap f32, mapped through peer
+            // access; epochs hold max_blocks ints, and the grid is always max_blocks.
+            return check("allreduce_push", unsafe {
+                ffi::vs_allreduce_push(
+                    stream.cu_stream() as ffi::vs_stream,
+                    buf as *mut f32,
+                    count as i32,
+                    self.peers,
+                    self.world as i32,
+                    self.rank as i32,
+                    cap,
+                    self.epochs.ptr as *mut i32,
+                    self.error.ptr as *mut i32,
+                    timeout_ns(),
+                    max_blocks as i32,
+                    ONE_SHOT_THREADS as i32,
+                )
+            });
+        }
         let blocks = (count / 4).div_ceil(ONE_SHOT_THREADS).clamp(1, max_blocks);
         // SAFETY: `buf` holds `count` f32 on this device; every exchange holds two slots
         // of ONE_SHOT_MAX_BYTES (checked by `fits`, and again by the launcher); the
@@ -144,7 +183,7 @@ impl PeerSum {
                 self.peers,
                 self.world as i32,
                 self.rank as i32,
-                (plan_cuda::ONE_SHOT_MAX_BYTES / 4) as i32,
+                cap,
                 self.epochs.ptr as *mut i32,
                 self.error.ptr as *mut i32,
                 timeout_ns(),
@@ -178,6 +217,10 @@ mod tests {
     fn the_plan_names_parse_and_others_are_refused() {
         assert_eq!(parse_all_reduce("nccl"), Ok(AllReduce::Nccl));
         assert_eq!(parse_all_reduce("one-shot"), Ok(AllReduce::OneShot));
+        assert_eq!(
+            parse_all_reduce("one-shot-push"),
+            Ok(AllReduce::OneShotPush)
+        );
         assert!(parse_all_reduce("two-shot").is_err());
     }
 }
