@@ -11,11 +11,13 @@
 #   bash DIR/tp_x4.sh DIR
 # DIR holds: server.xz and materialize.xz (stripped, xz-compressed, from the generated
 # crate of targets/llama-3.1-70b-h100x4), config-8b.json and config-70b.json (the
-# targets' config.json), and for the accuracy stage the 70B target's accuracy script and
-# prompts (targets/llama-3.2-1b-h100/accuracy/hf_compare.py and
-# targets/llama-3.1-70b-h100x4/accuracy/prompts.jsonl as prompts-70b.jsonl).
-# Env: STAGES ("eight seventy accuracy70"); LOGIT_RUNS and BENCH_RUNS (the 8B runs, each
-# name:tp:all-reduce:GPUs; the defaults compare one-shot pull and push with TP = 1, and
+# targets' config.json); for the accuracy stage the 70B target's accuracy script and
+# prompts (targets/llama-3.2-1b-h100/accuracy/hf_compare.py as hf_accuracy.py and
+# targets/llama-3.1-70b-h100x4/accuracy/prompts.jsonl as prompts-70b.jsonl); for the
+# proxy70 stage (the 70B's layer shapes in PROXY_LAYERS (4) layers: our logits at
+# PROXY_RUNS against transformers float32 on GPU PROXY_HF_GPU) scripts/cuda/hf_compare.py.
+# Env: STAGES ("eight seventy accuracy70"; "proxy70" adds the stage above); LOGIT_RUNS
+# and BENCH_RUNS (the 8B runs, each name:tp:all-reduce:GPUs; the defaults compare one-shot pull and push with TP = 1, and
 # the two one-shot kernels' logits, which must be equal); AR70 (the 70B's all-reduces,
 # "one-shot-push"); BATCHES (1,32,128) and BATCHES70 (the same); GEN (64), GEN70 (32);
 # MAT_THREADS (48: the rest of the 64 cores keep the 8B timings clean); MAT_DEADLINE
@@ -74,7 +76,7 @@ accuracy70() {
   local left=$(( ${END:-575} - $(now) )) port=8170 pid
   [ "$left" -gt 200 ] || { echo "accuracy 70B: skipped, $left s left" | tee "$R/accuracy70.txt"; return; }
   stamp "accuracy 70B: transformers reference ($left s left)"
-  timeout $(( left - 90 )) python3 "$G/hf_compare.py" --reference-only --model "$M/70b" \
+  timeout $(( left - 90 )) python3 "$G/hf_accuracy.py" --reference-only --model "$M/70b" \
     --prompts "$G/prompts-70b.jsonl" --shard-gib 38 > "$R/reference70.log" 2>&1
   local rc=$?
   tail -3 "$R/reference70.log"
@@ -86,7 +88,7 @@ accuracy70() {
     kill -0 $pid 2>/dev/null && [ "$(now)" -lt "${END:-575}" ] || { tail -3 "$R/serve70.log"; kill $pid 2>/dev/null; return; }
     sleep 1
   done
-  timeout $(( ${END:-575} - $(now) )) python3 "$G/hf_compare.py" --url "http://127.0.0.1:$port" --model "$M/70b" \
+  timeout $(( ${END:-575} - $(now) )) python3 "$G/hf_accuracy.py" --url "http://127.0.0.1:$port" --model "$M/70b" \
     --prompts "$G/prompts-70b.jsonl" --min-top1 0.8 --max-logprob-err 0.15 --shard-gib 38 | tee "$R/accuracy70.txt"
   echo "accuracy 70B exit ${PIPESTATUS[0]}" | tee -a "$R/accuracy70.txt"
   kill $pid; wait $pid 2>/dev/null
@@ -99,10 +101,31 @@ if has seventy; then
   (materialize 70b "$G/config-70b.json" "${MAT_THREADS:-48}" > "$W/mat70.log" 2>&1) &
   MAT=$!
 fi
+python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-128})))" > "$W/tokens.txt"
+if has proxy70; then
+  # The 70B's shapes (d 8192, 64 heads / 8 KV heads: groups of 8, FFN 28672) in a few
+  # layers, small enough for transformers in float32 on one GPU: what the 70B's layers
+  # compute, checked against the reference without 80 layers of bf16 rounding on top.
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['num_hidden_layers']=int(sys.argv[3]); json.dump(c, open(sys.argv[2], 'w'), indent=1)" \
+    "$G/config-70b.json" "$W/config-70b-proxy.json" "${PROXY_LAYERS:-4}"
+  stamp "materialize the 70B's shape in ${PROXY_LAYERS:-4} layers"
+  materialize 70b_proxy "$W/config-70b-proxy.json" "${PROXY_THREADS:-16}"
+  extra=()
+  for run in ${PROXY_RUNS:-tp1:1:nccl:0 tp4:4:one-shot-push:0,1,2,3}; do
+    IFS=: read -r name tp ar gpus <<< "$run"
+    stamp "logits 70B shape $name"
+    CUDA_VISIBLE_DEVICES=$gpus timeout 120 "$W/server" cuda-logits --model "$M/70b_proxy" --tokens "$W/tokens.txt" \
+      --out "$W/proxy-$name.f32" --tensor-parallel "$tp" --all-reduce "$ar" --chunk 1 2>&1 | tail -1
+    [ "$name" = tp1 ] || extra+=("$name=$W/proxy-$name.f32")
+  done
+  stamp "transformers on the 70B shape"
+  CUDA_VISIBLE_DEVICES=${PROXY_HF_GPU:-0} python3 "$G/hf_compare.py" "$M/70b_proxy" "$W/tokens.txt" "$W/proxy-tp1.f32" \
+    "$R/hf_proxy70.json" "${extra[@]}" 2>&1 | grep -v Warning | tail -3
+  rm -rf "$M/70b_proxy" "$W"/proxy-*.f32
+fi
 if has eight; then
   # Teacher-forced logits one token a step (the decode graphs and their small
   # all-reduces): NCCL's and the one-shot sums must agree with each other and with TP=1.
-  python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-128})))" > "$W/tokens.txt"
   for run in ${LOGIT_RUNS:-tp1:1:nccl:0 tp2_push:2:one-shot-push:0,1 tp4_push:4:one-shot-push:0,1,2,3 tp4_oneshot:4:one-shot:0,1,2,3}; do
     IFS=: read -r name tp ar gpus <<< "$run"
     stamp "logits 8B $name"
@@ -160,6 +183,8 @@ lg = os.path.join(res, "logits.json")
 out["logits"] = json.load(open(lg)) if os.path.exists(lg) else None
 mat = os.path.join(res, "materialize.jsonl")
 out["materialize"] = [json.loads(l) for l in open(mat)] if os.path.exists(mat) else []
+px = os.path.join(res, "hf_proxy70.json")
+out["proxy70_vs_hf"] = json.load(open(px)) if os.path.exists(px) else None
 acc = os.path.join(res, "accuracy70.txt")
 out["accuracy70"] = open(acc).read().strip().splitlines() if os.path.exists(acc) else None
 for f in sorted(os.listdir(res)):
