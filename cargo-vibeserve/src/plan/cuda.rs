@@ -29,11 +29,28 @@ pub struct CudaPlan {
     /// sequences replays the graph of the smallest size ≥ `b` (padding the batch);
     /// above the largest it launches kernels one by one.
     pub graph_batch_sizes: Vec<usize>,
-    /// Parts the context is split into by the decode attention kernel (flash-decoding),
-    /// so that a batch-1 decode still fills the GPU's multiprocessors.
+    /// Most parts the context of one query token is split into by the attention kernel
+    /// (flash-decoding), so that a small decode batch still fills the GPU's
+    /// multiprocessors; a step uses fewer when its tokens alone fill `attn_target_blocks`.
     pub attn_splits: usize,
-    /// Warps per attention block (each walks every `attn_warps`-th key of its split).
+    /// Warps per attention block (they share the block's keys, row groups apart).
     pub attn_warps: usize,
+    /// Attention blocks a step aims for: a step of `n` tokens over `k` KV heads splits
+    /// the context into `ceil(attn_target_blocks / (n * k))` parts (at most
+    /// `attn_splits`); at 1 part the kernel writes its output directly, with no partial
+    /// sums and no merge kernel. Absent in older plans: 528 (four per H100 SM).
+    #[serde(default = "default_attn_target_blocks")]
+    pub attn_target_blocks: usize,
+    /// Fewest positions one part of a split context takes (parts past the context stay
+    /// empty), so short contexts do not pay a block's fixed costs for a few keys each.
+    /// Absent in older plans: 32.
+    #[serde(default = "default_attn_min_split_keys")]
+    pub attn_min_split_keys: usize,
+    /// K and V rows each lane of the attention kernel has loading at once (2, 4 or 8):
+    /// more hides memory latency, fewer keeps registers (and so resident warps). Absent
+    /// in older plans: 4.
+    #[serde(default)]
+    pub attn_keys_in_flight: KeysInFlight,
     /// Threads per RMSNorm block (one block per row).
     pub norm_threads: usize,
     /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).
@@ -121,6 +138,64 @@ fn default_gemv_warps() -> usize {
     4
 }
 
+/// Round 0's attention blocks: four per multiprocessor of an H100 (132 SMs), enough warps
+/// to keep HBM busy; a batch of 128 sequences × 8 KV heads already has 1024, so it takes
+/// one part and skips the merge.
+fn default_attn_target_blocks() -> usize {
+    4 * 132
+}
+
+/// A part of at least 32 keys: one pass of a 4-warp block with 4 rows in flight per lane
+/// at head_dim 128.
+fn default_attn_min_split_keys() -> usize {
+    32
+}
+
+/// K/V rows each attention lane has in flight: 2, 4 or 8 (the kernel is compiled for
+/// these); anything else is refused when the plan is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "usize", into = "usize")]
+pub struct KeysInFlight(usize);
+
+impl KeysInFlight {
+    /// The depths the attention kernel is compiled for.
+    pub const SUPPORTED: [usize; 3] = [2, 4, 8];
+
+    /// The number of rows.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// Four rows a lane: 8 KiB of K/V loading per 4-warp block at head_dim 128, at about
+/// 170 registers a thread for GQA groups of 4.
+impl Default for KeysInFlight {
+    fn default() -> Self {
+        KeysInFlight(4)
+    }
+}
+
+impl TryFrom<usize> for KeysInFlight {
+    type Error = String;
+
+    fn try_from(n: usize) -> Result<Self, String> {
+        if Self::SUPPORTED.contains(&n) {
+            Ok(KeysInFlight(n))
+        } else {
+            Err(format!(
+                "attn_keys_in_flight must be one of {:?}, not {n}",
+                Self::SUPPORTED
+            ))
+        }
+    }
+}
+
+impl From<KeysInFlight> for usize {
+    fn from(k: KeysInFlight) -> usize {
+        k.0
+    }
+}
+
 /// The all-reduce that sums tensor-parallel partial outputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -168,7 +243,7 @@ pub struct RopeScalingPlan {
 }
 
 /// Round 0's CUDA kernels: graphs for every power-of-two batch up to 128 (vLLM captures
-/// a similar ladder), 16 attention splits of 4 warps, 256-thread row kernels, a
+/// a similar ladder), up to 16 attention splits of 4 warps (fewer as the batch grows), 256-thread row kernels, a
 /// 1024-thread sampler and cuBLAS's recommended 32 MiB workspace for Hopper; the model
 /// split across all `gpus`, not overlapped, its small sums by the push one-shot kernel
 /// (vLLM too ships a custom all-reduce for them; ours was the fastest of the three at
@@ -180,6 +255,9 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         graph_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64, 128],
         attn_splits: 16,
         attn_warps: 4,
+        attn_target_blocks: default_attn_target_blocks(),
+        attn_min_split_keys: default_attn_min_split_keys(),
+        attn_keys_in_flight: KeysInFlight::default(),
         norm_threads: 256,
         elemwise_threads: 256,
         sample_threads: 1024,
@@ -302,6 +380,9 @@ impl Plan {
             c("CUDA_GRAPH_BATCH_SIZES", format!("&[{}]", sizes.join(", "))),
             c("ATTN_SPLITS", int(cuda.attn_splits)),
             c("ATTN_WARPS", int(cuda.attn_warps)),
+            c("ATTN_TARGET_BLOCKS", int(cuda.attn_target_blocks)),
+            c("ATTN_MIN_SPLIT_KEYS", int(cuda.attn_min_split_keys)),
+            c("ATTN_KEYS_IN_FLIGHT", int(cuda.attn_keys_in_flight.get())),
             c("CUDA_NORM_THREADS", int(cuda.norm_threads)),
             c("CUDA_ELEMWISE_THREADS", int(cuda.elemwise_threads)),
             c("CUDA_SAMPLE_THREADS", int(cuda.sample_threads)),
@@ -425,10 +506,39 @@ mod tests {
             "gemv_rows_per_warp",
             "gemv_warps",
             "gemv_early_launch",
+            "attn_target_blocks",
+            "attn_min_split_keys",
+            "attn_keys_in_flight",
         ] {
             table.remove(key);
         }
         let old: CudaPlan = value.try_into().unwrap();
         assert_eq!(old, default_cuda("sm_90a", 1));
+    }
+
+    #[test]
+    fn attention_constants_render_and_a_depth_the_kernel_lacks_is_refused() {
+        let model = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
+        let device = DevicePlan {
+            kind: DeviceKind::Cuda,
+            threads: 1,
+            kernel_variant: KernelVariant::Auto,
+        };
+        let plan = Plan::round0("t", model, device)
+            .for_cuda("sm_90a", 1)
+            .unwrap();
+        let consts = plan.cuda_constants().unwrap();
+        let get = |n: &str| consts.iter().find(|c| c.name == n).unwrap().value.clone();
+        assert_eq!(get("ATTN_TARGET_BLOCKS"), "528");
+        assert_eq!(get("ATTN_MIN_SPLIT_KEYS"), "32");
+        assert_eq!(get("ATTN_KEYS_IN_FLIGHT"), "4");
+        let text = plan.to_toml();
+        assert!(text.contains("attn_keys_in_flight = 4"), "{text}");
+        let deeper = text.replace("attn_keys_in_flight = 4", "attn_keys_in_flight = 8");
+        let parsed = Plan::from_toml(&deeper).unwrap();
+        assert_eq!(parsed.cuda.unwrap().attn_keys_in_flight.get(), 8);
+        let odd = text.replace("attn_keys_in_flight = 4", "attn_keys_in_flight = 3");
+        let err = Plan::from_toml(&odd).unwrap_err();
+        assert!(err.to_string().contains("attn_keys_in_flight"), "{err}");
     }
 }

@@ -138,46 +138,56 @@ extern "C" int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const i
 
 // ---------------------------------------------------------------- attention
 
-// Loads E consecutive bf16 as floats (E = 2 or 4: one 4- or 8-byte load).
-template <int E>
-static __device__ __forceinline__ void load_bf16(const bf16 *p, float (&v)[E]) {
-  if constexpr (E == 2) {
-    float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)p);
-    v[0] = f.x;
-    v[1] = f.y;
-  } else {
-    uint2 raw = *(const uint2 *)p;
-    float2 a = __bfloat1622float2(*(__nv_bfloat162 *)&raw.x);
-    float2 b = __bfloat1622float2(*(__nv_bfloat162 *)&raw.y);
-    v[0] = a.x;
-    v[1] = a.y;
-    v[2] = b.x;
-    v[3] = b.y;
+// Eight consecutive bf16 (one 16-byte load) as floats.
+static __device__ __forceinline__ void unpack8(uint4 raw, float (&v)[8]) {
+  const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
   }
 }
 
-// One block per (query token, kv head, split); each warp walks every `warps`-th position
-// of the split with an online softmax for the G query heads sharing the kv head (the
-// K/V rows are read once for the group). Lane l holds elements l*E..l*E+E-1 of a head.
-// Output: per (token, head, split) the unnormalised sum (hd floats), then max and sum.
-template <int HD, int G>
+// Online-softmax state (m, l, acc) of one query head: folds in another state.
+template <int E>
+static __device__ __forceinline__ void fold(float &m, float &l, float (&acc)[E], float m2, float l2,
+                                            const float (&acc2)[E]) {
+  float mx = fmaxf(m, m2), a = __expf(m - mx), b = __expf(m2 - mx);
+  l = l * a + l2 * b;
+#pragma unroll
+  for (int e = 0; e < E; e++) acc[e] = acc[e] * a + acc2[e] * b;
+  m = mx;
+}
+
+// One block per (query token, kv head, split) over positions [beg, end) of the token's
+// context (per = max(ceil(ctx / splits), min_keys) positions a split; a split past the
+// context is empty). A K/V row is HD/8 lanes (16 bytes each): a warp holds P = 256/HD
+// rows at once, each lane U of them in flight (U independent 16-byte loads of K and of V
+// before any is used), so a block has warps*P*U rows in flight. Each group of HD/8 lanes
+// keeps its own online softmax for the G query heads sharing the kv head (the K/V rows
+// are read once for the group); groups fold by shuffles, warps through shared memory.
+// splits == 1: the block writes the normalised bf16 output; else per (token, head, split)
+// the unnormalised sum (HD floats), then max and sum, for attention_merge_kernel.
+template <int HD, int G, int U>
 __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf16 *v_cache,
                                  const int32_t *block_tables, const int32_t *table_stride,
                                  const int32_t *q_seq, const int32_t *q_ctx, float *partial,
-                                 int n_kv, int bs, float scale) {
-  constexpr int E = HD / 32;
+                                 bf16 *out, int n_kv, int bs, int min_keys, float scale) {
+  constexpr int E = 8, L = HD / E, P = 32 / L;
   extern __shared__ float smem[];
   int t = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, splits = gridDim.z;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  int sub = lane / L, col = (lane % L) * E;
   int n_heads = n_kv * G;
   int ctx = q_ctx[t];
-  int per = (ctx + splits - 1) / splits;
-  int beg = s * per, end = min(ctx, beg + per);
+  int per = max((ctx + splits - 1) / splits, min_keys);
+  int beg = min(ctx, s * per), end = min(ctx, beg + per);
   const bf16 *qrow = qkv + (size_t)t * (n_heads + 2 * n_kv) * HD + (size_t)kh * G * HD;
   float q[G][E], acc[G][E], m[G], l[G];
 #pragma unroll
   for (int g = 0; g < G; g++) {
-    load_bf16<E>(qrow + g * HD + lane * E, q[g]);
+    unpack8(*(const uint4 *)(qrow + g * HD + col), q[g]);
 #pragma unroll
     for (int e = 0; e < E; e++) {
       q[g][e] *= scale;
@@ -187,49 +197,98 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
     l[g] = 0.f;
   }
   const int32_t *table = block_tables + (size_t)q_seq[t] * *table_stride;
-  for (int p = beg + warp; p < end; p += warps) {
-    size_t base = (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + lane * E;
-    float k[E], v[E];
-    load_bf16<E>(k_cache + base, k);
-    load_bf16<E>(v_cache + base, v);
+  int rows = warps * P;  // rows one load instruction of the block covers
+  for (int it = beg; it < end; it += rows * U) {
+    int base = it + warp * P + sub;  // this lane's first row of the iteration
+    uint4 kr[U], vr[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int p = base + u * rows;
+      kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
+      if (p < end) {
+        size_t off = (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + col;
+        kr[u] = *(const uint4 *)(k_cache + off);
+        vr[u] = *(const uint4 *)(v_cache + off);
+      }
+    }
 #pragma unroll
     for (int g = 0; g < G; g++) {
-      float d = 0.f;
+      float d[U], mx = m[g];
 #pragma unroll
-      for (int e = 0; e < E; e++) d += q[g][e] * k[e];
-      d = warp_sum(d);
-      float mn = fmaxf(m[g], d);
-      float corr = __expf(m[g] - mn), w = __expf(d - mn);
-      l[g] = l[g] * corr + w;
+      for (int u = 0; u < U; u++) {
+        float k[E];
+        unpack8(kr[u], k);
+        d[u] = 0.f;
 #pragma unroll
-      for (int e = 0; e < E; e++) acc[g][e] = acc[g][e] * corr + w * v[e];
-      m[g] = mn;
+        for (int e = 0; e < E; e++) d[u] += q[g][e] * k[e];
+      }
+#pragma unroll
+      for (int o = L / 2; o > 0; o >>= 1)
+#pragma unroll
+        for (int u = 0; u < U; u++) d[u] += __shfl_xor_sync(0xffffffffu, d[u], o);
+#pragma unroll
+      for (int u = 0; u < U; u++)
+        if (base + u * rows < end) mx = fmaxf(mx, d[u]);
+      float corr = __expf(m[g] - mx);
+      l[g] *= corr;
+#pragma unroll
+      for (int e = 0; e < E; e++) acc[g][e] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        float w = base + u * rows < end ? __expf(d[u] - mx) : 0.f, v[E];
+        unpack8(vr[u], v);
+        l[g] += w;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[g][e] += w * v[e];
+      }
+      m[g] = mx;
     }
   }
-  // Merge the warps: smem holds [warp][g] (m, l) then [warp][g][HD] sums.
-  float *ml = smem, *sums = smem + warps * G * 2;
+  // Fold the warp's lane groups (same columns, lanes L, 2L, ... apart).
 #pragma unroll
-  for (int g = 0; g < G; g++) {
-    if (lane == 0) {
-      ml[(warp * G + g) * 2] = m[g];
-      ml[(warp * G + g) * 2 + 1] = l[g];
+  for (int o = L; o < 32; o <<= 1)
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+      float a2[E];
+#pragma unroll
+      for (int e = 0; e < E; e++) a2[e] = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+      float m2 = __shfl_xor_sync(0xffffffffu, m[g], o), l2 = __shfl_xor_sync(0xffffffffu, l[g], o);
+      fold<E>(m[g], l[g], acc[g], m2, l2, a2);
     }
+  // Then the warps: smem holds [warp][g] (m, l), then [warp][g][HD] sums.
+  float *ml = smem, *sums = smem + warps * G * 2;
+  if (sub == 0) {
 #pragma unroll
-    for (int e = 0; e < E; e++) sums[(warp * G + g) * HD + lane * E + e] = acc[g][e];
+    for (int g = 0; g < G; g++) {
+      if (lane == 0) {
+        ml[(warp * G + g) * 2] = m[g];
+        ml[(warp * G + g) * 2 + 1] = l[g];
+      }
+#pragma unroll
+      for (int e = 0; e < E; e++) sums[(warp * G + g) * HD + col + e] = acc[g][e];
+    }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < G * (HD + 2); i += blockDim.x) {
-    int g = i / (HD + 2), d = i % (HD + 2);
-    float mx = NEG_BIG;
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    int g = i / HD, d = i % HD;
+    float mx = NEG_BIG, den = 0.f, num = 0.f;
     for (int w = 0; w < warps; w++) mx = fmaxf(mx, ml[(w * G + g) * 2]);
-    float r = 0.f;
     for (int w = 0; w < warps; w++) {
       float f = __expf(ml[(w * G + g) * 2] - mx);
-      r += f * (d < HD ? sums[(w * G + g) * HD + d] : (d == HD ? 0.f : ml[(w * G + g) * 2 + 1]));
+      den += f * ml[(w * G + g) * 2 + 1];
+      num += f * sums[(w * G + g) * HD + d];
     }
-    if (d == HD) r = mx;
-    int head = kh * G + g;
-    partial[(((size_t)t * n_heads + head) * splits + s) * (HD + 2) + d] = r;
+    size_t head = (size_t)t * n_heads + kh * G + g;
+    if (splits == 1) {
+      out[head * HD + d] = __float2bfloat16(den > 0.f ? num / den : 0.f);
+    } else {
+      float *pp = partial + (head * splits + s) * (HD + 2);
+      pp[d] = num;
+      if (d == 0) {
+        pp[HD] = mx;
+        pp[HD + 1] = den;
+      }
+    }
   }
 }
 
@@ -244,33 +303,47 @@ __global__ void attention_merge_kernel(const float *partial, bf16 *out, int spli
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float num = 0.f;
     for (int s = 0; s < splits; s++) num += __expf(p[s * (hd + 2) + hd] - mx) * p[s * (hd + 2) + d];
-    out[((size_t)t * n_heads + head) * hd + d] = __float2bfloat16(num / den);
+    out[((size_t)t * n_heads + head) * hd + d] = __float2bfloat16(den > 0.f ? num / den : 0.f);
   }
 }
 
-template <int HD, int G>
-static int attention_launch(cudaStream_t st, const uint16_t *qkv, int n_tokens, const uint16_t *kc,
-                            const uint16_t *vc, const int32_t *bt, const int32_t *table_stride,
-                            const int32_t *q_seq, const int32_t *q_ctx, float *partial,
-                            int n_kv, int bs, int splits, int warps) {
-  dim3 grid(n_tokens, n_kv, splits);
-  size_t smem = (size_t)warps * G * (HD + 2) * sizeof(float);
-  attention_kernel<HD, G><<<grid, warps * 32, smem, st>>>(
-      (const bf16 *)qkv, (const bf16 *)kc, (const bf16 *)vc, bt, table_stride, q_seq, q_ctx,
-      partial, n_kv, bs, rsqrtf((float)HD));
+// What one attention launch needs besides its template parameters.
+struct AttnArgs {
+  cudaStream_t st;
+  const bf16 *qkv, *kc, *vc;
+  const int32_t *bt, *table_stride, *q_seq, *q_ctx;
+  float *partial;
+  bf16 *out;
+  int n_tokens, n_kv, bs, splits, min_keys, warps;
+};
+
+template <int HD, int G, int U>
+static int attention_launch(const AttnArgs &a) {
+  dim3 grid(a.n_tokens, a.n_kv, a.splits);
+  size_t smem = (size_t)a.warps * G * (HD + 2) * sizeof(float);
+  attention_kernel<HD, G, U><<<grid, a.warps * 32, smem, a.st>>>(
+      a.qkv, a.kc, a.vc, a.bt, a.table_stride, a.q_seq, a.q_ctx, a.partial, a.out, a.n_kv, a.bs,
+      a.min_keys, rsqrtf((float)HD));
   return launched();
 }
 
+template <int HD, int G>
+static int attention_by_depth(const AttnArgs &a, int in_flight) {
+  switch (in_flight) {
+    case 2: return attention_launch<HD, G, 2>(a);
+    case 4: return attention_launch<HD, G, 4>(a);
+    case 8: return attention_launch<HD, G, 8>(a);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
 template <int HD>
-static int attention_by_group(cudaStream_t st, int group, const uint16_t *qkv, int n_tokens,
-                              const uint16_t *kc, const uint16_t *vc, const int32_t *bt,
-                              const int32_t *table_stride, const int32_t *q_seq, const int32_t *q_ctx,
-                              float *partial, int n_kv, int bs, int splits, int warps) {
+static int attention_by_group(const AttnArgs &a, int group, int in_flight) {
   switch (group) {
-    case 1: return attention_launch<HD, 1>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
-    case 2: return attention_launch<HD, 2>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
-    case 4: return attention_launch<HD, 4>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
-    case 8: return attention_launch<HD, 8>(st, qkv, n_tokens, kc, vc, bt, table_stride, q_seq, q_ctx, partial, n_kv, bs, splits, warps);
+    case 1: return attention_by_depth<HD, 1>(a, in_flight);
+    case 2: return attention_by_depth<HD, 2>(a, in_flight);
+    case 4: return attention_by_depth<HD, 4>(a, in_flight);
+    case 8: return attention_by_depth<HD, 8>(a, in_flight);
     default: return (int)cudaErrorInvalidValue;
   }
 }
@@ -280,20 +353,23 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
                             const int32_t *block_tables, const int32_t *table_stride, const int32_t *q_seq,
                             const int32_t *q_ctx, float *partial, uint16_t *out, int n_heads,
                             int n_kv_heads, int head_dim, int block_size, int splits,
-                            int warps) {
+                            int min_split_keys, int warps, int keys_in_flight) {
   if (n_tokens == 0) return 0;
-  if (n_heads % n_kv_heads != 0) return (int)cudaErrorInvalidValue;
-  cudaStream_t st = as_stream(stream);
+  if (n_heads % n_kv_heads != 0 || splits < 1 || warps < 1 || warps > 32)
+    return (int)cudaErrorInvalidValue;
+  AttnArgs a = {as_stream(stream), (const bf16 *)qkv, (const bf16 *)k_cache, (const bf16 *)v_cache,
+                block_tables, table_stride, q_seq, q_ctx, partial, (bf16 *)out, n_tokens,
+                n_kv_heads, block_size, splits, min_split_keys < 1 ? 1 : min_split_keys, warps};
   int group = n_heads / n_kv_heads, rc;
   if (head_dim == 64)
-    rc = attention_by_group<64>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, table_stride, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
+    rc = attention_by_group<64>(a, group, keys_in_flight);
   else if (head_dim == 128)
-    rc = attention_by_group<128>(st, group, qkv, n_tokens, k_cache, v_cache, block_tables, table_stride, q_seq, q_ctx, partial, n_kv_heads, block_size, splits, warps);
+    rc = attention_by_group<128>(a, group, keys_in_flight);
   else
     return (int)cudaErrorInvalidValue;
-  if (rc != 0) return rc;
-  attention_merge_kernel<<<dim3(n_tokens, n_heads), head_dim, 0, st>>>(partial, (bf16 *)out,
-                                                                       splits, head_dim);
+  if (rc != 0 || splits == 1) return rc;
+  attention_merge_kernel<<<dim3(n_tokens, n_heads), head_dim, 0, a.st>>>(partial, (bf16 *)out,
+                                                                         splits, head_dim);
   return launched();
 }
 

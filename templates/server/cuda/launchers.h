@@ -34,15 +34,18 @@ int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const int32_t *pos
 
 /* Attention of every query token over positions 0..q_ctx[t]-1 of its sequence's paged
  * cache (block table row q_seq[t] of `block_tables`, whose rows are *table_stride wide:
- * read on the device, so a captured graph serves any table length), split into
- * `splits` parts of the context (flash-decoding), then merged into out [t, n_heads*head_dim]
- * (bf16). q is read from the qkv rows. `partial` holds n_tokens*n_heads*splits*(head_dim+2)
- * floats. head_dim must be 64 or 128 and n_heads / n_kv_heads 1, 2, 4 or 8. */
+ * read on the device, so a captured graph serves any table length), into out
+ * [t, n_heads*head_dim] (bf16). q is read from the qkv rows. The context is cut into
+ * `splits` parts of at least `min_split_keys` positions (flash-decoding; parts past the
+ * context stay empty); splits > 1 also runs a merge kernel, and `partial` must hold
+ * n_tokens*n_heads*splits*(head_dim+2) floats (unused when splits == 1). Blocks of `warps`
+ * warps; each lane has `keys_in_flight` (2, 4 or 8) K and V rows loading at once.
+ * head_dim must be 64 or 128 and n_heads / n_kv_heads 1, 2, 4 or 8. */
 int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens, const uint16_t *k_cache,
                  const uint16_t *v_cache, const int32_t *block_tables,
                  const int32_t *table_stride, const int32_t *q_seq, const int32_t *q_ctx, float *partial, uint16_t *out,
                  int n_heads, int n_kv_heads, int head_dim, int block_size, int splits,
-                 int warps);
+                 int min_split_keys, int warps, int keys_in_flight);
 
 /* y[t, r] (+)= sum_j w[r, j] * x[t, j] for t < n_tokens <= 8, r < rows (w row-major
  * [rows][k], x [n_tokens][k], both bf16 and 16-byte aligned, k % 8 == 0); y is f32 when

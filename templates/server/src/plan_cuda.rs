@@ -10,11 +10,19 @@ pub const CUDA_ARCH: &str = "sm_90a";
 pub const CUDA_GRAPHS: bool = true;
 /// Batch sizes a decode graph is captured for; a decode step pads to the next one.
 pub const CUDA_GRAPH_BATCH_SIZES: &[usize] = &[1, 2, 4, 8, 16, 32, 64, 128];
-/// Parts the context is split into by the attention kernel (flash-decoding), so a
-/// batch-1 decode still fills the GPU's multiprocessors.
+/// Most parts one query token's context is split into by the attention kernel
+/// (flash-decoding), so a small decode batch still fills the GPU's multiprocessors.
 pub const ATTN_SPLITS: usize = 16;
-/// Warps per attention block (each walks every `ATTN_WARPS`-th key of its split).
+/// Warps per attention block (they share the block's keys, row groups apart).
 pub const ATTN_WARPS: usize = 4;
+/// Attention blocks a step aims for: `n` tokens over `k` KV heads take
+/// `ceil(ATTN_TARGET_BLOCKS / (n * k))` parts (at most `ATTN_SPLITS`); one part writes
+/// the output directly (no partial sums, no merge kernel).
+pub const ATTN_TARGET_BLOCKS: usize = 528;
+/// Fewest positions one part of a split context takes (later parts stay empty).
+pub const ATTN_MIN_SPLIT_KEYS: usize = 32;
+/// K and V rows each attention lane has loading at once (2, 4 or 8).
+pub const ATTN_KEYS_IN_FLIGHT: usize = 4;
 /// Threads per RMSNorm block (one block per row).
 pub const CUDA_NORM_THREADS: usize = 256;
 /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).

@@ -111,6 +111,28 @@ fn partial_floats(c: &HfConfig) -> usize {
     c.head_dim() + 2
 }
 
+/// Parts the attention of a step of `n_tokens` over `kv_heads` KV heads splits each
+/// context into: enough for `ATTN_TARGET_BLOCKS` blocks, at most `ATTN_SPLITS`, so wide
+/// batches take one part (no partial sums, no merge kernel).
+fn attention_splits(n_tokens: usize, kv_heads: usize) -> usize {
+    let blocks = (n_tokens * kv_heads).max(1);
+    plan_cuda::ATTN_TARGET_BLOCKS
+        .div_ceil(blocks)
+        .clamp(1, plan_cuda::ATTN_SPLITS.max(1))
+}
+
+/// Floats of attention partials the largest split step of up to `max_tokens` needs.
+fn partial_len(c: &HfConfig, max_tokens: usize) -> usize {
+    let rows = (1..=max_tokens)
+        .map(|n| match attention_splits(n, c.num_key_value_heads) {
+            1 => 0,
+            s => n * s,
+        })
+        .max()
+        .unwrap_or(0);
+    rows.max(1) * c.num_attention_heads * partial_floats(c)
+}
+
 impl CudaLlama {
     /// Opens the rank's GPU, loads its slice of the model folder (config.json,
     /// model*.safetensors) and allocates its KV cache (`plan::KV_BLOCKS` blocks plus one
@@ -153,9 +175,7 @@ impl CudaLlama {
             attn: DevBuf::new(m * c.num_attention_heads * hd * 2)?,
             gate_up: DevBuf::new(m * 2 * c.intermediate_size * 2)?,
             ff: DevBuf::new(m * c.intermediate_size * 2)?,
-            partial: DevBuf::new(
-                m * c.num_attention_heads * plan_cuda::ATTN_SPLITS * partial_floats(c) * 4,
-            )?,
+            partial: DevBuf::new(partial_len(c, m) * 4)?,
             logits: DevBuf::new(m * c.vocab_size * 4)?,
             sampled: DevBuf::zeroed(m * 4)?,
             scores: DevBuf::zeroed(m * 4)?,
@@ -651,8 +671,10 @@ impl CudaLlama {
                 kvh,
                 hd,
                 bs,
-                plan_cuda::ATTN_SPLITS as i32,
+                attention_splits(n, c.num_key_value_heads) as i32,
+                plan_cuda::ATTN_MIN_SPLIT_KEYS as i32,
                 plan_cuda::ATTN_WARPS as i32,
+                plan_cuda::ATTN_KEYS_IN_FLIGHT as i32,
             )
         })
     }
