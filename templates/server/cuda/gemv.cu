@@ -3,6 +3,8 @@
 // 16-byte loads of the weight rows, several in flight per lane, f32 accumulation in
 // registers, one warp per `R` output rows, and the residual add in the epilogue
 // (cuBLAS's small-m kernels reach well under the copy bandwidth on these shapes).
+// At batch 1 a decode layer is launch-bound as much as bandwidth-bound, so the kernel
+// also takes in the RMSNorm before it and the SwiGLU after gate_up: fewer kernels a layer.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -48,33 +50,68 @@ static __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
   return acc;
 }
 
+
+// Dot product of 8 bf16 weights with 8 f32 activations, added to acc.
+static __device__ __forceinline__ float dot8f(uint4 w, const float *x, float acc) {
+  const uint32_t wv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 a = bf2(wv[i]);
+    acc = fmaf(a.x, x[2 * i], acc);
+    acc = fmaf(a.y, x[2 * i + 1], acc);
+  }
+  return acc;
+}
+
+// The operands of one product (see vs_gemv_fused in launchers.h).
+struct GemvArgs {
+  const uint4 *w;
+  const void *x;         // bf16 token vectors, or (NORM) the f32 residual rows
+  const int32_t *x_rows; // NORM only: token t reads residual row x_rows[t] (NULL: row t)
+  const uint4 *norm;     // NORM only: the RMSNorm weight, bf16 [k]
+  float eps;
+  void *y;
+  int rows, n_tokens, k8, y_f32, accumulate;
+};
+
 // T: the most tokens (n_tokens <= T); R: output rows per warp. k8 = k / 8 chunks a row.
-template <int T, int R>
-__global__ void gemv_kernel(const uint4 *__restrict__ w, const uint4 *__restrict__ x, void *y,
-                            int rows, int n_tokens, int k8, int y_f32, int accumulate) {
+// NORM: x is the f32 residual and the product is of RMSNorm(x): the warp sums x^2 per
+// token while it streams x (it reads every x anyway), multiplies by the norm weight on
+// the fly, and scales by rsqrt(mean(x^2) + eps) in the epilogue. SWIGLU: the warp also
+// streams the up row (rows + row) of each gate row and writes silu(gate) * up, bf16.
+template <int T, int R, bool NORM, bool SWIGLU>
+__global__ void gemv_kernel(GemvArgs a) {
+  // Weight rows a warp streams; the loads in flight per lane stay GEMV_UNROLL * R.
+  constexpr int S = SWIGLU ? 2 * R : R;
+  constexpr int U = GEMV_UNROLL * R / S;
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   int lane = threadIdx.x & 31;
   int row0 = warp * R;
-  if (row0 >= rows) {
+  const int k8 = a.k8;
+  if (row0 >= a.rows) {
     wait_previous();
     return;
   }
-  float acc[R][T];
+  float acc[S][T], ss[T];
 #pragma unroll
-  for (int r = 0; r < R; r++)
+  for (int t = 0; t < T; t++) {
+    ss[t] = 0.f;
 #pragma unroll
-    for (int t = 0; t < T; t++) acc[r][t] = 0.f;
-  const uint4 *wr[R];
+    for (int s = 0; s < S; s++) acc[s][t] = 0.f;
+  }
+  const uint4 *wr[S];
 #pragma unroll
-  for (int r = 0; r < R; r++) wr[r] = w + (size_t)min(row0 + r, rows - 1) * k8;
+  for (int s = 0; s < S; s++)
+    wr[s] = a.w + ((size_t)min(row0 + s % R, a.rows - 1) + (s >= R ? a.rows : 0)) * k8;
+  size_t xoff[T];  // element offset of each token's vector
   bool waited = false;
-  for (int base = lane; base < k8; base += 32 * GEMV_UNROLL) {
-    uint4 wv[GEMV_UNROLL][R];
+  for (int base = lane; base < k8; base += 32 * U) {
+    uint4 wv[U][S];
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
       int c = base + u * 32;
 #pragma unroll
-      for (int r = 0; r < R; r++) wv[u][r] = c < k8 ? load_stream(wr[r] + c) : make_uint4(0, 0, 0, 0);
+      for (int s = 0; s < S; s++) wv[u][s] = c < k8 ? load_stream(wr[s] + c) : make_uint4(0, 0, 0, 0);
     }
     // Launched early (programmatic dependent launch), the kernel has only read weights
     // so far; the token vectors (and y) are the previous kernel's output: wait for it.
@@ -82,41 +119,76 @@ __global__ void gemv_kernel(const uint4 *__restrict__ w, const uint4 *__restrict
     if (!waited) {
       wait_previous();
       waited = true;
+#pragma unroll
+      for (int t = 0; t < T; t++)
+        xoff[t] = (size_t)(NORM && a.x_rows && t < a.n_tokens ? a.x_rows[t] : t) * k8 * 8;
     }
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
       int c = base + u * 32;
       if (c >= k8) break;
+      float g[8];
+      if (NORM) {
+        uint4 gv = __ldg(a.norm + c);
+        const uint32_t gw[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          float2 f = bf2(gw[i]);
+          g[2 * i] = f.x;
+          g[2 * i + 1] = f.y;
+        }
+      }
 #pragma unroll
       for (int t = 0; t < T; t++) {
-        if (t >= n_tokens) break;
-        uint4 xv = __ldg(x + (size_t)t * k8 + c);
+        if (t >= a.n_tokens) break;
+        if (NORM) {
+          const float4 *xp = (const float4 *)((const float *)a.x + xoff[t]) + 2 * c;
+          float4 p = __ldg(xp), q = __ldg(xp + 1);
+          float xv[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r][t] = dot8(wv[u][r], xv, acc[r][t]);
+          for (int i = 0; i < 8; i++) {
+            ss[t] = fmaf(xv[i], xv[i], ss[t]);
+            xv[i] *= g[i];
+          }
+#pragma unroll
+          for (int s = 0; s < S; s++) acc[s][t] = dot8f(wv[u][s], xv, acc[s][t]);
+        } else {
+          uint4 xv = __ldg((const uint4 *)((const bf16 *)a.x + xoff[t]) + c);
+#pragma unroll
+          for (int s = 0; s < S; s++) acc[s][t] = dot8(wv[u][s], xv, acc[s][t]);
+        }
       }
     }
   }
 #pragma unroll
-  for (int r = 0; r < R; r++)
+  for (int t = 0; t < T; t++)
 #pragma unroll
-    for (int t = 0; t < T; t++)
+    for (int o = 16; o > 0; o >>= 1) {
+      if (NORM) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], o);
+      for (int s = 0; s < S; s++) acc[s][t] += __shfl_xor_sync(0xffffffffu, acc[s][t], o);
+    }
   if (lane != 0) return;
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    int row = row0 + r;
-    if (row >= rows) break;
+  for (int t = 0; t < T; t++) {
+    if (t >= a.n_tokens) break;
+    // The same scale as the RMSNorm kernel's.
+    float scale = NORM ? rsqrtf(ss[t] / (float)(k8 * 8) + a.eps) : 1.f;
 #pragma unroll
-    for (int t = 0; t < T; t++) {
-      if (t >= n_tokens) break;
-      size_t i = (size_t)t * rows + row;
-      if (y_f32) {
-        float *o = (float *)y;
-        o[i] = accumulate ? o[i] + acc[r][t] : acc[r][t];
+    for (int r = 0; r < R; r++) {
+      int row = row0 + r;
+      if (row >= a.rows) break;
+      size_t i = (size_t)t * a.rows + row;
+      float v = acc[r][t] * scale;
+      if (SWIGLU) {
+        float up = acc[S - R + r][t] * scale;
+        ((bf16 *)a.y)[i] = __float2bfloat16(v / (1.f + __expf(-v)) * up);
+      } else if (a.y_f32) {
+        float *o = (float *)a.y;
+        o[i] = a.accumulate ? o[i] + v : v;
       } else {
-        bf16 *o = (bf16 *)y;
-        o[i] = __float2bfloat16(accumulate ? __bfloat162float(o[i]) + acc[r][t] : acc[r][t]);
+        bf16 *o = (bf16 *)a.y;
+        o[i] = __float2bfloat16(a.accumulate ? __bfloat162float(o[i]) + v : v);
       }
     }
   }
@@ -124,10 +196,9 @@ __global__ void gemv_kernel(const uint4 *__restrict__ w, const uint4 *__restrict
 
 // `early`: programmatic dependent launch, so the kernel's blocks start (and stream their
 // first weights) while the previous kernel on the stream drains, instead of after it.
-template <int T, int R>
-static int gemv_launch(cudaStream_t st, const uint16_t *w, const uint16_t *x, void *y, int rows,
-                       int n_tokens, int k, int y_f32, int accumulate, int warps, int early) {
-  int row_warps = (rows + R - 1) / R;
+template <int T, int R, bool NORM, bool SWIGLU>
+static int gemv_launch(cudaStream_t st, const GemvArgs &a, int warps, int early) {
+  int row_warps = (a.rows + R - 1) / R;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((row_warps + warps - 1) / warps);
   cfg.blockDim = dim3(warps * 32);
@@ -137,31 +208,50 @@ static int gemv_launch(cudaStream_t st, const uint16_t *w, const uint16_t *x, vo
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = early ? 1 : 0;
-  return (int)cudaLaunchKernelEx(&cfg, gemv_kernel<T, R>, (const uint4 *)w, (const uint4 *)x, y,
-                                 rows, n_tokens, k / 8, y_f32, accumulate);
+  return (int)cudaLaunchKernelEx(&cfg, gemv_kernel<T, R, NORM, SWIGLU>, a);
 }
 
-template <int R>
-static int gemv_by_tokens(cudaStream_t st, const uint16_t *w, const uint16_t *x, void *y, int rows,
-                          int n_tokens, int k, int y_f32, int accumulate, int warps, int early) {
-  if (n_tokens <= 1) return gemv_launch<1, R>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
-  if (n_tokens <= 2) return gemv_launch<2, R>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
-  if (n_tokens <= 4) return gemv_launch<4, R>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
-  return gemv_launch<8, R>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
+template <int R, bool NORM, bool SWIGLU>
+static int gemv_by_tokens(cudaStream_t st, const GemvArgs &a, int warps, int early) {
+  if (a.n_tokens <= 1) return gemv_launch<1, R, NORM, SWIGLU>(st, a, warps, early);
+  if (a.n_tokens <= 2) return gemv_launch<2, R, NORM, SWIGLU>(st, a, warps, early);
+  if (a.n_tokens <= 4) return gemv_launch<4, R, NORM, SWIGLU>(st, a, warps, early);
+  return gemv_launch<8, R, NORM, SWIGLU>(st, a, warps, early);
+}
+
+template <bool NORM, bool SWIGLU>
+static int gemv_by_rows(cudaStream_t st, const GemvArgs &a, int rows_per_warp, int warps,
+                        int early) {
+  switch (rows_per_warp) {
+    case 1: return gemv_by_tokens<1, NORM, SWIGLU>(st, a, warps, early);
+    case 2: return gemv_by_tokens<2, NORM, SWIGLU>(st, a, warps, early);
+    case 4: return gemv_by_tokens<4, NORM, SWIGLU>(st, a, warps, early);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+extern "C" int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x,
+                             const int32_t *x_rows, const uint16_t *norm, float eps, void *y,
+                             int rows, int n_tokens, int k, int y_f32, int accumulate,
+                             int swiglu, int rows_per_warp, int warps, int early) {
+  if (n_tokens == 0 || rows == 0) return 0;
+  // Shapes the kernel cannot take are refused (the caller falls back to cuBLAS).
+  if (n_tokens > 8 || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x | (uintptr_t)norm) % 16 != 0 ||
+      (swiglu && (y_f32 || accumulate)))
+    return (int)cudaErrorInvalidValue;
+  GemvArgs a = {(const uint4 *)w, x, x_rows, (const uint4 *)norm, eps, y,
+                rows, n_tokens, k / 8, y_f32, accumulate};
+  cudaStream_t st = (cudaStream_t)stream;
+  bool n = norm != NULL;
+  if (n && swiglu) return gemv_by_rows<true, true>(st, a, rows_per_warp, warps, early);
+  if (n) return gemv_by_rows<true, false>(st, a, rows_per_warp, warps, early);
+  if (swiglu) return gemv_by_rows<false, true>(st, a, rows_per_warp, warps, early);
+  return gemv_by_rows<false, false>(st, a, rows_per_warp, warps, early);
 }
 
 extern "C" int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int rows,
                        int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp,
                        int warps, int early) {
-  if (n_tokens == 0 || rows == 0) return 0;
-  // Shapes the kernel cannot take are refused (the caller falls back to cuBLAS).
-  if (n_tokens > 8 || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x) % 16 != 0)
-    return (int)cudaErrorInvalidValue;
-  cudaStream_t st = (cudaStream_t)stream;
-  switch (rows_per_warp) {
-    case 1: return gemv_by_tokens<1>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
-    case 2: return gemv_by_tokens<2>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
-    case 4: return gemv_by_tokens<4>(st, w, x, y, rows, n_tokens, k, y_f32, accumulate, warps, early);
-    default: return (int)cudaErrorInvalidValue;
-  }
+  return vs_gemv_fused(stream, w, x, NULL, NULL, 0.f, y, rows, n_tokens, k, y_f32, accumulate, 0,
+                       rows_per_warp, warps, early);
 }

@@ -57,6 +57,17 @@ int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int
             int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp, int warps,
             int early);
 
+/* vs_gemv with fusions. norm non-NULL: x is the f32 residual [.][k] and the product is
+ * of RMSNorm(x) (x * rsqrt(mean(x^2) + eps) * norm, norm bf16 [k]) without the bf16
+ * rounding of the normalised vector; token t reads residual row x_rows[t] (x_rows NULL:
+ * row t). norm NULL: x is bf16 as in vs_gemv (x_rows, eps unused). swiglu: w holds
+ * 2 * rows rows (gate then up) and y[t, r] = bf16(silu(gate[t, r]) * up[t, r]) (y_f32 and
+ * accumulate must be 0). */
+int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x, const int32_t *x_rows,
+                  const uint16_t *norm, float eps, void *y, int rows, int n_tokens, int k,
+                  int y_f32, int accumulate, int swiglu, int rows_per_warp, int warps,
+                  int early);
+
 /* out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i] for i < ff. */
 int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens, int ff,
               int threads);

@@ -41,6 +41,12 @@ pub const CUDA_GEMV_WARPS: usize = 4;
 /// Launch the GEMV early (programmatic dependent launch): it streams weights while the
 /// previous kernel finishes.
 pub const CUDA_GEMV_EARLY_LAUNCH: bool = true;
+/// Products that go to the GEMV take the RMSNorm before them in (qkv, gate_up, the LM
+/// head): no norm kernel, no bf16 copy of the normalised rows.
+pub const CUDA_GEMV_FUSE_NORM: bool = true;
+/// A gate_up product that goes to the GEMV writes silu(gate) * up itself: no SwiGLU
+/// kernel, no gate_up buffer round trip.
+pub const CUDA_GEMV_FUSE_SWIGLU: bool = true;
 
 // --- Tensor parallelism ---
 /// GPUs one copy of the model is split across: each rank holds its heads, FFN columns

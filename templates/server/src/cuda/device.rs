@@ -161,6 +161,49 @@ impl Gpu {
         .map_err(|e| CudaError::Blas(e.to_string()))
     }
 
+    /// Whether a product of `n` tokens over `k` inputs can run the GEMV kernel, with or
+    /// without its fusions ([`Gpu::gemv`]): few enough tokens for the plan, rows of
+    /// whole 16-byte chunks.
+    pub fn gemv_fits(&self, n: usize, k: usize) -> bool {
+        gemv_fits(n, k)
+    }
+
+    /// Runs `p` on the GEMV kernel with its fusions (the caller checked
+    /// [`Gpu::gemv_fits`]; operands must be 16-byte aligned).
+    pub fn gemv(&self, p: &Gemv) -> Result<(), CudaError> {
+        let (x, x_rows, norm, eps) = match p.x {
+            GemvInput::Bf16(x) => (x, std::ptr::null(), 0, 0.0),
+            GemvInput::Normed {
+                resid,
+                rows_of,
+                weight,
+                eps,
+            } => (resid, rows_of, weight, eps),
+        };
+        // SAFETY: the pointers are live device buffers of the stated shapes (callers size
+        // them from the same config); the launcher refuses shapes the kernel cannot take.
+        check("gemv", unsafe {
+            ffi::vs_gemv_fused(
+                self.raw_stream(),
+                p.w as *const u16,
+                x as *const c_void,
+                x_rows,
+                norm as *const u16,
+                eps,
+                p.y as *mut c_void,
+                p.rows as i32,
+                p.n as i32,
+                p.k as i32,
+                (p.out == GemvOut::F32).into(),
+                0,
+                (p.out == GemvOut::SwiGlu).into(),
+                plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
+                plan_cuda::CUDA_GEMV_WARPS as i32,
+                plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
+            )
+        })
+    }
+
     /// Copies host values into a device buffer (ordered on the stream; the host slice
     /// must stay alive and unchanged until the stream reaches the copy).
     pub fn upload<T>(&self, dst: u64, src: &[T]) -> Result<(), CudaError> {
@@ -181,12 +224,66 @@ impl Gpu {
 /// Most tokens the GEMV kernel takes (its largest instantiation).
 const GEMV_KERNEL_MAX_TOKENS: usize = 8;
 
+/// What a fused GEMV reads as its token vectors.
+#[derive(Debug, Clone, Copy)]
+pub enum GemvInput {
+    /// bf16 rows `[n][k]` at this address.
+    Bf16(u64),
+    /// RMSNorm of f32 residual rows, computed inside the product (no bf16 copy of the
+    /// normalised rows, no norm kernel).
+    Normed {
+        /// The residual rows `[.][k]` (f32).
+        resid: u64,
+        /// Token t reads residual row `rows_of[t]` (a device array); null: row t.
+        rows_of: *const i32,
+        /// The norm's weight, bf16 `[k]`.
+        weight: u64,
+        /// The norm's epsilon.
+        eps: f32,
+    },
+}
+
+/// What a fused GEMV writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvOut {
+    /// bf16 `[n][rows]`.
+    Bf16,
+    /// f32 `[n][rows]`.
+    F32,
+    /// bf16 `silu(gate) * up` `[n][rows]`, the weight holding `rows` gate rows then
+    /// `rows` up rows.
+    SwiGlu,
+}
+
+/// One product on the GEMV kernel: `y[n, rows] = x[n, k] · w[rows, k]ᵀ` with the fusions
+/// `x` and `out` name.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemv {
+    /// The weight, bf16 row-major (`2 * rows` rows for [`GemvOut::SwiGlu`]).
+    pub w: u64,
+    /// The token vectors.
+    pub x: GemvInput,
+    /// The output.
+    pub y: u64,
+    /// Output rows.
+    pub rows: usize,
+    /// Tokens.
+    pub n: usize,
+    /// Inputs per row.
+    pub k: usize,
+    /// What is written.
+    pub out: GemvOut,
+}
+
 /// Whether a product of `n` tokens over `k` inputs runs the hand-written GEMV: few enough
 /// tokens for the plan, rows of whole 16-byte chunks, 16-byte aligned operands.
 fn gemv_takes(w: u64, x: u64, n: usize, k: usize) -> bool {
-    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(GEMV_KERNEL_MAX_TOKENS)
-        && k.is_multiple_of(8)
-        && (w | x).is_multiple_of(16)
+    gemv_fits(n, k) && (w | x).is_multiple_of(16)
+}
+
+/// Whether the plan sends `n` tokens to the GEMV and `k` is whole 16-byte chunks.
+fn gemv_fits(n: usize, k: usize) -> bool {
+    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(GEMV_KERNEL_MAX_TOKENS) && k.is_multiple_of(8)
 }
 
 /// A device allocation, freed on drop.

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaGraph, CudaStream, sys as drv_sys};
 use super::CudaError;
 use super::comm::Comm;
 use super::config::HfConfig;
-use super::device::{DevBuf, Gpu, check};
+use super::device::{DevBuf, Gemv, GemvInput, GemvOut, Gpu, check};
 use super::ffi;
 use super::oneshot::PeerSum;
 use super::overlap::{CommChoice, SideStream, parts};
@@ -478,21 +478,17 @@ impl CudaLlama {
         if n_logits == 0 {
             return Ok(());
         }
-        self.rmsnorm(
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        self.normed_product(
             &self.weights.norm,
             self.input(self.layout.logit_rows),
             0..n_logits,
-        )?;
-        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        g.gemm(
-            head.ptr,
-            b.xb.ptr,
-            b.logits.ptr,
-            c.vocab_size,
-            n_logits,
-            c.hidden_size,
-            true,
-            false,
+            Product {
+                w: head.ptr,
+                y: b.logits.ptr,
+                rows: c.vocab_size,
+                out: GemvOut::F32,
+            },
         )?;
         check("sample", unsafe {
             ffi::vs_sample(
@@ -519,22 +515,16 @@ impl CudaLlama {
         let (d, ff, first) = (c.hidden_size, c.intermediate_size, self.shard.rank == 0);
         let heads = c.num_attention_heads * c.head_dim();
         // Bytes of one row of each activation (offsets of a half's rows).
-        let (xb, qkv, attn, gu, ffr, res) =
-            (d * 2, c.qkv_dim() * 2, heads * 2, 4 * ff, ff * 2, d * 4);
+        let (qkv, attn, gu, ffr, res) = (c.qkv_dim() * 2, heads * 2, 4 * ff, ff * 2, d * 4);
         for (part, rows) in parts.iter().enumerate() {
             self.join(part)?;
-            self.rmsnorm(&w.attn_norm, std::ptr::null(), rows.clone())?;
-            let (r, m) = (rows.start, rows.len());
-            g.gemm(
-                w.wqkv.ptr,
-                b.xb.at(r * xb),
-                b.qkv.at(r * qkv),
-                c.qkv_dim(),
-                m,
-                d,
-                false,
-                false,
-            )?;
+            let qkv_product = Product {
+                w: w.wqkv.ptr,
+                y: b.qkv.at(rows.start * qkv),
+                rows: c.qkv_dim(),
+                out: GemvOut::Bf16,
+            };
+            self.normed_product(&w.attn_norm, std::ptr::null(), rows.clone(), qkv_product)?;
             self.rope_kv(layer, rows)?;
         }
         // Every half's K/V is in the cache before any query attends (a prefill chunk's
@@ -556,28 +546,36 @@ impl CudaLlama {
         }
         for (part, rows) in parts.iter().enumerate() {
             self.join(part)?;
-            self.rmsnorm(&w.ffn_norm, std::ptr::null(), rows.clone())?;
             let (r, m) = (rows.start, rows.len());
-            g.gemm(
-                w.w_gate_up.ptr,
-                b.xb.at(r * xb),
-                b.gate_up.at(r * gu),
-                2 * ff,
-                m,
-                d,
-                false,
-                false,
-            )?;
-            check("swiglu", unsafe {
-                ffi::vs_swiglu(
-                    g.raw_stream(),
-                    b.gate_up.at(r * gu) as *const u16,
-                    b.ff.at(r * ffr) as *mut u16,
-                    m as i32,
-                    ff as i32,
-                    plan_cuda::CUDA_ELEMWISE_THREADS as i32,
-                )
-            })?;
+            // SwiGLU in the gate_up GEMV's epilogue when it runs the GEMV, else its own kernel.
+            let fused = plan_cuda::CUDA_GEMV_FUSE_SWIGLU && g.gemv_fits(m, d);
+            let gate_up = Product {
+                w: w.w_gate_up.ptr,
+                y: if fused {
+                    b.ff.at(r * ffr)
+                } else {
+                    b.gate_up.at(r * gu)
+                },
+                rows: if fused { ff } else { 2 * ff },
+                out: if fused {
+                    GemvOut::SwiGlu
+                } else {
+                    GemvOut::Bf16
+                },
+            };
+            self.normed_product(&w.ffn_norm, std::ptr::null(), rows.clone(), gate_up)?;
+            if !fused {
+                check("swiglu", unsafe {
+                    ffi::vs_swiglu(
+                        g.raw_stream(),
+                        b.gate_up.at(r * gu) as *const u16,
+                        b.ff.at(r * ffr) as *mut u16,
+                        m as i32,
+                        ff as i32,
+                        plan_cuda::CUDA_ELEMWISE_THREADS as i32,
+                    )
+                })?;
+            }
             g.gemm(
                 w.w_down.ptr,
                 b.ff.at(r * ffr),
@@ -591,6 +589,43 @@ impl CudaLlama {
             self.sum_rows(part, parts.len(), rows)?;
         }
         Ok(())
+    }
+
+    /// `p` of the RMSNorm (weight `norm`) of residual rows (`rows` and `rows_of` as in
+    /// [`CudaLlama::rmsnorm`]): one GEMV that normalises as it reads when the plan fuses
+    /// the norm and the product fits the GEMV, else the norm kernel into `xb`, then the
+    /// product (a SwiGLU output always goes to the GEMV: its caller checked it fits).
+    fn normed_product(
+        &self,
+        norm: &DevBuf,
+        rows_of: *const i32,
+        rows: Range<usize>,
+        p: Product,
+    ) -> Result<(), CudaError> {
+        let (g, d, n) = (&self.gpu, self.config.hidden_size, rows.len());
+        let gemv = |x| Gemv {
+            w: p.w,
+            x,
+            y: p.y,
+            rows: p.rows,
+            n,
+            k: d,
+            out: p.out,
+        };
+        if plan_cuda::CUDA_GEMV_FUSE_NORM && g.gemv_fits(n, d) {
+            return g.gemv(&gemv(GemvInput::Normed {
+                resid: self.buf.resid.at(rows.start * d * 4),
+                rows_of,
+                weight: norm.ptr,
+                eps: self.config.rms_norm_eps,
+            }));
+        }
+        self.rmsnorm(norm, rows_of, rows.clone())?;
+        let xb = self.buf.xb.at(rows.start * d * 2);
+        match p.out {
+            GemvOut::SwiGlu => g.gemv(&gemv(GemvInput::Bf16(xb))),
+            out => g.gemm(p.w, xb, p.y, p.rows, n, d, out == GemvOut::F32, false),
+        }
     }
 
     /// RMSNorm of residual rows into the same rows of `xb`: `rows_of` null, the rows
@@ -678,6 +713,15 @@ impl CudaLlama {
             )
         })
     }
+}
+
+/// A product that follows an RMSNorm: its weight, output, output rows and kind.
+#[derive(Clone, Copy)]
+struct Product {
+    w: u64,
+    y: u64,
+    rows: usize,
+    out: GemvOut,
 }
 
 impl Buffers {
