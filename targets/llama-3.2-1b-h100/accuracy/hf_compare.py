@@ -15,9 +15,9 @@ the reference's (compared as token text, as the OpenAI API returns it) at least
 --max-logprob-err of the reference's on average. Runs on the GPU machine (torch, CUDA).
 
 With --shard-gib N (a model too large for one GPU in float32: the 70B shape would need
-282 GB), the reference runs in bf16 with its layers spread over every GPU of the host
-(`device_map="auto"`), each GPU capped at N GiB so that the server beside it keeps its
-own weights and KV cache.
+282 GB), the reference runs in bf16 (or --shard-dtype float32) with its layers spread
+over every GPU of the host (`device_map="auto"`), each GPU capped at N GiB so that the
+server beside it keeps its own weights and KV cache.
 
 The reference depends only on the weights, the prompts and how it is computed, never on
 the server under test, so it is computed once and kept in MODEL_DIR (a file named
@@ -74,7 +74,7 @@ def _reference(torch, model, tokenizer, ids):
     return top1, actual.tolist()
 
 
-def load(model_dir, shard_gib):
+def load(model_dir, shard_gib, shard_dtype):
     import torch
     from transformers import LlamaForCausalLM
 
@@ -82,14 +82,14 @@ def load(model_dir, shard_gib):
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
     memory = {i: f"{shard_gib}GiB" for i in range(torch.cuda.device_count())}
     return LlamaForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16, device_map="auto", max_memory=memory).eval()
+        model_dir, dtype=getattr(torch, shard_dtype), device_map="auto", max_memory=memory).eval()
 
 
 def cache_key(args, prompts_bytes):
     """What the reference depends on: prompts, settings, library versions, the weights."""
     h = hashlib.sha256()
     h.update(prompts_bytes)
-    setting = "float32" if args.shard_gib is None else f"bfloat16-shard-{args.shard_gib}GiB"
+    setting = "float32" if args.shard_gib is None else f"{args.shard_dtype}-shard-{args.shard_gib}GiB"
     h.update(f"\0max-len={args.max_len}\0{setting}\0".encode())
     h.update(f"torch={version('torch')}\0transformers={version('transformers')}\0".encode())
     for name in sorted(os.listdir(args.model)):
@@ -103,7 +103,7 @@ def cache_key(args, prompts_bytes):
 def compute_reference(args, prompts):
     from tokenizers import Tokenizer
 
-    model = load(args.model, args.shard_gib)
+    model = load(args.model, args.shard_gib, args.shard_dtype)
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     return [dict(zip(("top1", "logprobs"), reference(model, tokenizer, ids))) for ids in prompts]
 
@@ -140,6 +140,7 @@ def main():
     p.add_argument("--min-top1", type=float, default=0.99)
     p.add_argument("--max-logprob-err", type=float, default=0.05)
     p.add_argument("--shard-gib", type=int, default=None)
+    p.add_argument("--shard-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--reference-only", action="store_true")
     args = p.parse_args()
     if not args.reference_only and args.url is None:
