@@ -13,6 +13,20 @@ static __device__ __forceinline__ unsigned long long comm_now_ns() {
   return t;
 }
 
+// The ranks' values added in rank order: every rank, and both kernels, get the same bits.
+template <int WORLD>
+static __device__ __forceinline__ float4 sum_in_rank_order(const float4 (&v)[WORLD]) {
+  float4 s = v[0];
+#pragma unroll
+  for (int p = 1; p < WORLD; p++) {
+    s.x += v[p].x;
+    s.y += v[p].y;
+    s.z += v[p].z;
+    s.w += v[p].w;
+  }
+  return s;
+}
+
 // One block's share: publish, signal every peer, wait for every peer, sum in rank order.
 template <int WORLD>
 __global__ void allreduce_peers_kernel(float4 *data, int n4, float4 *exchange, vs_peers peers,
@@ -48,42 +62,8 @@ __global__ void allreduce_peers_kernel(float4 *data, int n4, float4 *exchange, v
 #pragma unroll
     for (int p = 0; p < WORLD; p++)
       v[p] = p == rank ? data[i] : __ldcg(&((const float4 *)peers.exchange[p])[slot + i]);
-    float4 s = v[0];
-#pragma unroll
-    for (int p = 1; p < WORLD; p++) {
-      s.x += v[p].x;
-      s.y += v[p].y;
-      s.z += v[p].z;
-      s.w += v[p].w;
-    }
-    data[i] = s;
+    data[i] = sum_in_rank_order<WORLD>(v);
   }
-}
-
-template <int WORLD>
-static void launch_peers(cudaStream_t s, float *data, int n, float *exchange, vs_peers peers,
-                         int rank, int cap, int *epochs, int *error, long long timeout_ns,
-                         int max_blocks, int blocks, int threads) {
-  allreduce_peers_kernel<WORLD><<<blocks, threads, 0, s>>>(
-      (float4 *)data, n / 4, (float4 *)exchange, peers, rank, cap / 4, epochs, error, timeout_ns,
-      max_blocks);
-}
-
-extern "C" int vs_allreduce_peers(vs_stream stream, float *data, int n, float *exchange,
-                                  vs_peers peers, int world, int rank, int cap, int *epochs,
-                                  int *error, long long timeout_ns, int max_blocks, int blocks,
-                                  int threads) {
-  if (n == 0) return 0;
-  if (n % 4 != 0 || n > cap || blocks > max_blocks || threads < world || rank >= world)
-    return (int)cudaErrorInvalidValue;
-  cudaStream_t s = (cudaStream_t)stream;
-  switch (world) {
-    case 2: launch_peers<2>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads); break;
-    case 4: launch_peers<4>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads); break;
-    case 8: launch_peers<8>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads); break;
-    default: return (int)cudaErrorInvalidValue;
-  }
-  return (int)cudaGetLastError();
 }
 
 // ------------------------------------------------------------------ push (Lamport)
@@ -155,15 +135,7 @@ __global__ void allreduce_push_kernel(float4 *data, int n4, vs_peers peers, int 
         } while (!arrived(v[p]));
       }
     }
-    float4 s = v[0];
-#pragma unroll
-    for (int p = 1; p < WORLD; p++) {
-      s.x += v[p].x;
-      s.y += v[p].y;
-      s.z += v[p].z;
-      s.w += v[p].w;
-    }
-    data[i] = s;
+    data[i] = sum_in_rank_order<WORLD>(v);
 #pragma unroll
     for (int p = 0; p < WORLD; p++)
       if (p != rank) mine[box + p * cap4 + i] = empty;
@@ -172,23 +144,33 @@ __global__ void allreduce_push_kernel(float4 *data, int n4, vs_peers peers, int 
   if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
 }
 
+// Pull: `blocks` blocks of its own flags; push: always `max_blocks` (the same grid on every
+// call, see the kernel).
 template <int WORLD>
-static void launch_push(cudaStream_t s, float *data, int n, vs_peers peers, int rank, int cap,
-                        int *epochs, int *error, long long timeout_ns, int blocks, int threads) {
-  allreduce_push_kernel<WORLD><<<blocks, threads, 0, s>>>((float4 *)data, n / 4, peers, rank,
-                                                          cap / 4, epochs, error, timeout_ns);
+static void launch_one_shot(cudaStream_t s, float *data, int n, float *exchange, vs_peers peers,
+                            int rank, int cap, int *epochs, int *error, long long timeout_ns,
+                            int max_blocks, int blocks, int threads, int push) {
+  if (push)
+    allreduce_push_kernel<WORLD><<<max_blocks, threads, 0, s>>>(
+        (float4 *)data, n / 4, peers, rank, cap / 4, epochs, error, timeout_ns);
+  else
+    allreduce_peers_kernel<WORLD><<<blocks, threads, 0, s>>>(
+        (float4 *)data, n / 4, (float4 *)exchange, peers, rank, cap / 4, epochs, error,
+        timeout_ns, max_blocks);
 }
 
-extern "C" int vs_allreduce_push(vs_stream stream, float *data, int n, vs_peers peers, int world,
-                                 int rank, int cap, int *epochs, int *error, long long timeout_ns,
-                                 int blocks, int threads) {
+extern "C" int vs_allreduce_peers(vs_stream stream, float *data, int n, float *exchange,
+                                  vs_peers peers, int world, int rank, int cap, int *epochs,
+                                  int *error, long long timeout_ns, int max_blocks, int blocks,
+                                  int threads, int push) {
   if (n == 0) return 0;
-  if (n % 4 != 0 || n > cap || rank >= world) return (int)cudaErrorInvalidValue;
+  if (n % 4 != 0 || n > cap || blocks > max_blocks || threads < world || rank >= world)
+    return (int)cudaErrorInvalidValue;
   cudaStream_t s = (cudaStream_t)stream;
   switch (world) {
-    case 2: launch_push<2>(s, data, n, peers, rank, cap, epochs, error, timeout_ns, blocks, threads); break;
-    case 4: launch_push<4>(s, data, n, peers, rank, cap, epochs, error, timeout_ns, blocks, threads); break;
-    case 8: launch_push<8>(s, data, n, peers, rank, cap, epochs, error, timeout_ns, blocks, threads); break;
+    case 2: launch_one_shot<2>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push); break;
+    case 4: launch_one_shot<4>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push); break;
+    case 8: launch_one_shot<8>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push); break;
     default: return (int)cudaErrorInvalidValue;
   }
   return (int)cudaGetLastError();

@@ -148,32 +148,12 @@ impl PeerSum {
     pub fn sum(&self, stream: &CudaStream, buf: u64, count: usize) -> Result<(), CudaError> {
         let max_blocks = plan_cuda::ONE_SHOT_MAX_BLOCKS;
         let cap = (plan_cuda::ONE_SHOT_MAX_BYTES / 4) as i32;
-        if self.push {
-            // SAFETY: `buf` holds `count` f32 on this device (`fits` bounds it by cap);
-            // every rank's inboxes hold 2 · world slots of cap f32, mapped through peer
-            // access; epochs hold max_blocks ints, and the grid is always max_blocks.
-            return check("allreduce_push", unsafe {
-                ffi::vs_allreduce_push(
-                    stream.cu_stream() as ffi::vs_stream,
-                    buf as *mut f32,
-                    count as i32,
-                    self.peers,
-                    self.world as i32,
-                    self.rank as i32,
-                    cap,
-                    self.epochs.ptr as *mut i32,
-                    self.error.ptr as *mut i32,
-                    timeout_ns(),
-                    max_blocks as i32,
-                    ONE_SHOT_THREADS as i32,
-                )
-            });
-        }
         let blocks = (count / 4).div_ceil(ONE_SHOT_THREADS).clamp(1, max_blocks);
         // SAFETY: `buf` holds `count` f32 on this device; every exchange holds two slots
-        // of ONE_SHOT_MAX_BYTES (checked by `fits`, and again by the launcher); the
-        // peers' addresses are mapped through peer access; flags hold MAX_RANKS ·
-        // max_blocks ints on every rank.
+        // of ONE_SHOT_MAX_BYTES (pull) or two inboxes of `world` such slots (push)
+        // (checked by `fits`, and again by the launcher); the peers' addresses are mapped
+        // through peer access; flags hold MAX_RANKS · max_blocks ints and epochs
+        // max_blocks on every rank.
         check("allreduce_peers", unsafe {
             ffi::vs_allreduce_peers(
                 stream.cu_stream() as ffi::vs_stream,
@@ -190,6 +170,7 @@ impl PeerSum {
                 max_blocks as i32,
                 blocks as i32,
                 ONE_SHOT_THREADS as i32,
+                i32::from(self.push),
             )
         })
     }
