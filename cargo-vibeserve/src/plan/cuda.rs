@@ -105,6 +105,13 @@ pub struct CudaPlan {
     /// SwiGLU kernel and no gate_up buffer round trip. Absent in older plans: true.
     #[serde(default = "default_gemv_fuse")]
     pub gemv_fuse_swiglu: bool,
+    /// A qkv product that runs the GEMV applies RoPE and writes K and V into the cache in
+    /// its epilogue: no rope_kv kernel. The loader interleaves each q and k head's rows so
+    /// a rotation pair is two adjacent rows; a warp holds whole pairs only at an even
+    /// `gemv_rows_per_warp`, so at 1 row a warp the server runs the rope_kv kernel instead
+    /// (no error: the fusion is a no-op there). Absent in older plans: true.
+    #[serde(default = "default_gemv_fuse")]
+    pub gemv_fuse_rope: bool,
 }
 
 /// Round 0's one-shot cut-over: 512 KiB is a 32-token f32 residual of a 4096-wide model
@@ -295,6 +302,7 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         gemv_early_launch: default_gemv_early_launch(),
         gemv_fuse_norm: default_gemv_fuse(),
         gemv_fuse_swiglu: default_gemv_fuse(),
+        gemv_fuse_rope: default_gemv_fuse(),
     }
 }
 
@@ -418,6 +426,7 @@ impl Plan {
             c("CUDA_GEMV_EARLY_LAUNCH", cuda.gemv_early_launch.to_string()),
             c("CUDA_GEMV_FUSE_NORM", cuda.gemv_fuse_norm.to_string()),
             c("CUDA_GEMV_FUSE_SWIGLU", cuda.gemv_fuse_swiglu.to_string()),
+            c("CUDA_GEMV_FUSE_ROPE", cuda.gemv_fuse_rope.to_string()),
         ])
     }
 }
@@ -495,6 +504,7 @@ mod tests {
         assert_eq!(get("ONE_SHOT_MAX_BYTES"), "524_288");
         assert_eq!(get("CUDA_GEMV_FUSE_NORM"), "true");
         assert_eq!(get("CUDA_GEMV_FUSE_SWIGLU"), "true");
+        assert_eq!(get("CUDA_GEMV_FUSE_ROPE"), "true");
         assert!(cuda.parts.contains(CUDA_PART));
         // 32 GiB of f16 KV at 32 KiB a token (16 layers x 8 heads x 64 x 2 x 2 bytes).
         assert_eq!(cuda.kv_cache.blocks * cuda.kv_cache.block_size, 1 << 20);
@@ -520,6 +530,7 @@ mod tests {
         let table = value.as_table_mut().unwrap();
         table.insert("gemv_fuse_norm".into(), toml::Value::Boolean(false));
         table.insert("gemv_fuse_swiglu".into(), toml::Value::Boolean(false));
+        table.insert("gemv_fuse_rope".into(), toml::Value::Boolean(false));
         let cuda: CudaPlan = value.try_into().unwrap();
         let model = ModelPlan::from_hf_config(&parse(LLAMA_1B)).unwrap();
         let device = DevicePlan {
@@ -535,6 +546,7 @@ mod tests {
         let get = |n: &str| consts.iter().find(|c| c.name == n).unwrap().value.clone();
         assert_eq!(get("CUDA_GEMV_FUSE_NORM"), "false");
         assert_eq!(get("CUDA_GEMV_FUSE_SWIGLU"), "false");
+        assert_eq!(get("CUDA_GEMV_FUSE_ROPE"), "false");
         assert_eq!(get("CUDA_GEMV_EARLY_LAUNCH"), "true");
     }
 
@@ -558,6 +570,7 @@ mod tests {
             "attn_keys_in_flight",
             "gemv_fuse_norm",
             "gemv_fuse_swiglu",
+            "gemv_fuse_rope",
         ] {
             table.remove(key);
         }

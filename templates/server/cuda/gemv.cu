@@ -4,7 +4,8 @@
 // registers, one warp per `R` output rows, and the residual add in the epilogue
 // (cuBLAS's small-m kernels reach well under the copy bandwidth on these shapes).
 // At batch 1 a decode layer is launch-bound as much as bandwidth-bound, so the kernel
-// also takes in the RMSNorm before it and the SwiGLU after gate_up: fewer kernels a layer.
+// also takes in the RMSNorm before it, the SwiGLU after gate_up, and the RoPE and K/V
+// cache write after qkv: fewer kernels a layer.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -72,14 +73,47 @@ struct GemvArgs {
   float eps;
   void *y;
   int rows, n_tokens, k8, y_f32, accumulate;
+  vs_rope_kv_out rope;   // ROPE only
 };
+
+// ROPE epilogue: rows `row` (even) and row + 1 of token t, one rotation pair of a head
+// in the interleaved layout the loader gives q and k (weights.rs): q rows rotated into y,
+// k rows rotated into the K cache at the token's slot, v rows (unrotated) into the V
+// cache. The arithmetic and cache addressing of rope_kv_kernel (kernels.cu).
+static __device__ __forceinline__ void rope_kv_store(const GemvArgs &a, int t, int row,
+                                                     float x1, float x2) {
+  const vs_rope_kv_out &p = a.rope;
+  const int hd = p.head_dim, q_rows = p.n_heads * hd, k_rows = p.n_kv_heads * hd;
+  if (row < q_rows + k_rows) {
+    float2 c = ((const float2 *)p.cos_sin)[(size_t)p.positions[t] * (hd / 2) + (row % hd) / 2];
+    float o1 = x1 * c.x - x2 * c.y, o2 = x2 * c.x + x1 * c.y;
+    x1 = o1;
+    x2 = o2;
+  }
+  bf16 *dst;
+  if (row < q_rows) {
+    dst = (bf16 *)a.y + (size_t)t * a.rows + row;
+  } else {
+    int kv = row - q_rows;
+    bf16 *cache = (bf16 *)p.k_cache;
+    if (kv >= k_rows) {
+      kv -= k_rows;
+      cache = (bf16 *)p.v_cache;
+    }
+    int slot = p.slots[t], block = slot / p.block_size, off = slot % p.block_size;
+    dst = cache + (((size_t)block * p.n_kv_heads + kv / hd) * p.block_size + off) * hd + kv % hd;
+  }
+  *(__nv_bfloat162 *)dst = __floats2bfloat162_rn(x1, x2);
+}
 
 // T: the most tokens (n_tokens <= T); R: output rows per warp. k8 = k / 8 chunks a row.
 // NORM: x is the f32 residual and the product is of RMSNorm(x): the warp sums x^2 per
 // token while it streams x (it reads every x anyway), multiplies by the norm weight on
 // the fly, and scales by rsqrt(mean(x^2) + eps) in the epilogue. SWIGLU: the warp also
 // streams the up row (rows + row) of each gate row and writes silu(gate) * up, bf16.
-template <int T, int R, bool NORM, bool SWIGLU>
+// ROPE (R even, so a warp holds whole rotation pairs): the rows are q, k and v of
+// a.rope's heads, stored by rope_kv_store.
+template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
 __global__ void gemv_kernel(GemvArgs a) {
   // Weight rows a warp streams; the loads in flight per lane stay GEMV_UNROLL * R.
   constexpr int S = SWIGLU ? 2 * R : R;
@@ -174,21 +208,28 @@ __global__ void gemv_kernel(GemvArgs a) {
     if (t >= a.n_tokens) break;
     // The same scale as the RMSNorm kernel's.
     float scale = NORM ? rsqrtf(ss[t] / (float)(k8 * 8) + a.eps) : 1.f;
+    if constexpr (ROPE) {
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-      int row = row0 + r;
-      if (row >= a.rows) break;
-      size_t i = (size_t)t * a.rows + row;
-      float v = acc[r][t] * scale;
-      if (SWIGLU) {
-        float up = acc[S - R + r][t] * scale;
-        ((bf16 *)a.y)[i] = __float2bfloat16(v / (1.f + __expf(-v)) * up);
-      } else if (a.y_f32) {
-        float *o = (float *)a.y;
-        o[i] = a.accumulate ? o[i] + v : v;
-      } else {
-        bf16 *o = (bf16 *)a.y;
-        o[i] = __float2bfloat16(a.accumulate ? __bfloat162float(o[i]) + v : v);
+      for (int r = 0; r < R; r += 2)
+        if (row0 + r < a.rows)
+          rope_kv_store(a, t, row0 + r, acc[r][t] * scale, acc[r + 1][t] * scale);
+    } else {
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        int row = row0 + r;
+        if (row >= a.rows) break;
+        size_t i = (size_t)t * a.rows + row;
+        float v = acc[r][t] * scale;
+        if (SWIGLU) {
+          float up = acc[S - R + r][t] * scale;
+          ((bf16 *)a.y)[i] = __float2bfloat16(v / (1.f + __expf(-v)) * up);
+        } else if (a.y_f32) {
+          float *o = (float *)a.y;
+          o[i] = a.accumulate ? o[i] + v : v;
+        } else {
+          bf16 *o = (bf16 *)a.y;
+          o[i] = __float2bfloat16(a.accumulate ? __bfloat162float(o[i]) + v : v);
+        }
       }
     }
   }
@@ -196,7 +237,7 @@ __global__ void gemv_kernel(GemvArgs a) {
 
 // `early`: programmatic dependent launch, so the kernel's blocks start (and stream their
 // first weights) while the previous kernel on the stream drains, instead of after it.
-template <int T, int R, bool NORM, bool SWIGLU>
+template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
 static int gemv_launch(cudaStream_t st, const GemvArgs &a, int warps, int early) {
   int row_warps = (a.rows + R - 1) / R;
   cudaLaunchConfig_t cfg = {};
@@ -208,24 +249,27 @@ static int gemv_launch(cudaStream_t st, const GemvArgs &a, int warps, int early)
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = early ? 1 : 0;
-  return (int)cudaLaunchKernelEx(&cfg, gemv_kernel<T, R, NORM, SWIGLU>, a);
+  return (int)cudaLaunchKernelEx(&cfg, gemv_kernel<T, R, NORM, SWIGLU, ROPE>, a);
 }
 
-template <int R, bool NORM, bool SWIGLU>
+template <int R, bool NORM, bool SWIGLU, bool ROPE>
 static int gemv_by_tokens(cudaStream_t st, const GemvArgs &a, int warps, int early) {
-  if (a.n_tokens <= 1) return gemv_launch<1, R, NORM, SWIGLU>(st, a, warps, early);
-  if (a.n_tokens <= 2) return gemv_launch<2, R, NORM, SWIGLU>(st, a, warps, early);
-  if (a.n_tokens <= 4) return gemv_launch<4, R, NORM, SWIGLU>(st, a, warps, early);
-  return gemv_launch<8, R, NORM, SWIGLU>(st, a, warps, early);
+  if (a.n_tokens <= 1) return gemv_launch<1, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
+  if (a.n_tokens <= 2) return gemv_launch<2, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
+  if (a.n_tokens <= 4) return gemv_launch<4, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
+  return gemv_launch<8, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
 }
 
-template <bool NORM, bool SWIGLU>
+// ROPE needs whole rotation pairs in a warp: no one-row warps.
+template <bool NORM, bool SWIGLU, bool ROPE>
 static int gemv_by_rows(cudaStream_t st, const GemvArgs &a, int rows_per_warp, int warps,
                         int early) {
   switch (rows_per_warp) {
-    case 1: return gemv_by_tokens<1, NORM, SWIGLU>(st, a, warps, early);
-    case 2: return gemv_by_tokens<2, NORM, SWIGLU>(st, a, warps, early);
-    case 4: return gemv_by_tokens<4, NORM, SWIGLU>(st, a, warps, early);
+    case 1:
+      if constexpr (ROPE) return (int)cudaErrorInvalidValue;
+      else return gemv_by_tokens<1, NORM, SWIGLU, false>(st, a, warps, early);
+    case 2: return gemv_by_tokens<2, NORM, SWIGLU, ROPE>(st, a, warps, early);
+    case 4: return gemv_by_tokens<4, NORM, SWIGLU, ROPE>(st, a, warps, early);
     default: return (int)cudaErrorInvalidValue;
   }
 }
@@ -233,25 +277,32 @@ static int gemv_by_rows(cudaStream_t st, const GemvArgs &a, int rows_per_warp, i
 extern "C" int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x,
                              const int32_t *x_rows, const uint16_t *norm, float eps, void *y,
                              int rows, int n_tokens, int k, int y_f32, int accumulate,
-                             int swiglu, int rows_per_warp, int warps, int early) {
+                             int swiglu, const vs_rope_kv_out *rope, int rows_per_warp,
+                             int warps, int early) {
   if (n_tokens == 0 || rows == 0) return 0;
   // Shapes the kernel cannot take are refused (the caller falls back to cuBLAS).
   if (n_tokens > 8 || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x | (uintptr_t)norm) % 16 != 0 ||
-      (swiglu && (y_f32 || accumulate)))
+      ((swiglu || rope) && (y_f32 || accumulate)) || (swiglu && rope))
+    return (int)cudaErrorInvalidValue;
+  if (rope && (rope->head_dim % 2 != 0 ||
+               rows != (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim))
     return (int)cudaErrorInvalidValue;
   GemvArgs a = {(const uint4 *)w, x, x_rows, (const uint4 *)norm, eps, y,
                 rows, n_tokens, k / 8, y_f32, accumulate};
+  if (rope) a.rope = *rope;
   cudaStream_t st = (cudaStream_t)stream;
   bool n = norm != NULL;
-  if (n && swiglu) return gemv_by_rows<true, true>(st, a, rows_per_warp, warps, early);
-  if (n) return gemv_by_rows<true, false>(st, a, rows_per_warp, warps, early);
-  if (swiglu) return gemv_by_rows<false, true>(st, a, rows_per_warp, warps, early);
-  return gemv_by_rows<false, false>(st, a, rows_per_warp, warps, early);
+  if (n && rope) return gemv_by_rows<true, false, true>(st, a, rows_per_warp, warps, early);
+  if (rope) return gemv_by_rows<false, false, true>(st, a, rows_per_warp, warps, early);
+  if (n && swiglu) return gemv_by_rows<true, true, false>(st, a, rows_per_warp, warps, early);
+  if (n) return gemv_by_rows<true, false, false>(st, a, rows_per_warp, warps, early);
+  if (swiglu) return gemv_by_rows<false, true, false>(st, a, rows_per_warp, warps, early);
+  return gemv_by_rows<false, false, false>(st, a, rows_per_warp, warps, early);
 }
 
 extern "C" int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int rows,
                        int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp,
                        int warps, int early) {
   return vs_gemv_fused(stream, w, x, NULL, NULL, 0.f, y, rows, n_tokens, k, y_f32, accumulate, 0,
-                       rows_per_warp, warps, early);
+                       NULL, rows_per_warp, warps, early);
 }

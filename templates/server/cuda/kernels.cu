@@ -102,21 +102,17 @@ __global__ void rope_kv_kernel(bf16 *qkv, const int32_t *positions, const int32_
   bf16 *row = qkv + (size_t)t * (n_heads + 2 * n_kv) * hd;
   const float2 *cs = cos_sin + (size_t)positions[t] * half;
   int slot = slots[t], block = slot / bs, off = slot % bs;
+  // Pair j of a head is elements 2j and 2j + 1 (the interleaved rows the loader gives
+  // q and k; the GEMV's fused epilogue pairs them the same way).
   for (int i = threadIdx.x; i < (n_heads + n_kv) * half; i += blockDim.x) {
     int head = i / half, j = i % half;
-    bf16 *h = row + head * hd;
-    float x1 = __bfloat162float(h[j]), x2 = __bfloat162float(h[j + half]);
-    float2 c = cs[j];
-    bf16 o1 = __float2bfloat16(x1 * c.x - x2 * c.y);
-    bf16 o2 = __float2bfloat16(x2 * c.x + x1 * c.y);
-    if (head < n_heads) {
-      h[j] = o1;
-      h[j + half] = o2;
-    } else {
-      bf16 *k = k_cache + (((size_t)block * n_kv + (head - n_heads)) * bs + off) * hd;
-      k[j] = o1;
-      k[j + half] = o2;
-    }
+    __nv_bfloat162 *h = (__nv_bfloat162 *)(row + head * hd) + j;
+    float2 x = __bfloat1622float2(*h), c = cs[j];
+    __nv_bfloat162 o = __floats2bfloat162_rn(x.x * c.x - x.y * c.y, x.y * c.x + x.x * c.y);
+    if (head < n_heads)
+      *h = o;
+    else
+      ((__nv_bfloat162 *)(k_cache + (((size_t)block * n_kv + (head - n_heads)) * bs + off) * hd))[j] = o;
   }
   const bf16 *v = row + (n_heads + n_kv) * hd;
   for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x) {

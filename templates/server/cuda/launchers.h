@@ -23,8 +23,10 @@ int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens, const uint16
 int vs_rmsnorm(vs_stream stream, const float *resid, const int32_t *rows, int n_rows,
                const uint16_t *weight, uint16_t *out, int dim, float eps, int threads);
 
-/* Rotates the q and k heads of each qkv row in place (rotate-half RoPE from the
- * [positions][head_dim/2] (cos, sin) table) and writes k and v into the paged cache at
+/* Rotates the q and k heads of each qkv row in place (RoPE from the [positions][head_dim/2]
+ * (cos, sin) table; pair i is elements 2i and 2i + 1 of a head: the loader interleaves
+ * each q and k head's rows, so this is Llama's rotate-half pairing of i and
+ * i + head_dim/2) and writes k and v into the paged cache at
  * slot slots[t] (block slots[t] / block_size, offset slots[t] % block_size; cache layout
  * [block][kv_head][offset][head_dim]). */
 int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const int32_t *positions,
@@ -57,16 +59,34 @@ int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int
             int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp, int warps,
             int early);
 
+/* Where a q/k/v product's epilogue sends its rows (vs_gemv_fused's `rope`): the rows are
+ * n_heads q heads, n_kv_heads k heads, n_kv_heads v heads of head_dim (interleaved
+ * pairs, as vs_rope_kv); token t is at position positions[t] and cache slot slots[t]. */
+typedef struct {
+  const int32_t *positions;
+  const int32_t *slots;
+  const float *cos_sin;
+  uint16_t *k_cache;
+  uint16_t *v_cache;
+  int n_heads;
+  int n_kv_heads;
+  int head_dim;
+  int block_size;
+} vs_rope_kv_out;
+
 /* vs_gemv with fusions. norm non-NULL: x is the f32 residual [.][k] and the product is
  * of RMSNorm(x) (x * rsqrt(mean(x^2) + eps) * norm, norm bf16 [k]) without the bf16
  * rounding of the normalised vector; token t reads residual row x_rows[t] (x_rows NULL:
  * row t). norm NULL: x is bf16 as in vs_gemv (x_rows, eps unused). swiglu: w holds
  * 2 * rows rows (gate then up) and y[t, r] = bf16(silu(gate[t, r]) * up[t, r]) (y_f32 and
- * accumulate must be 0). */
+ * accumulate must be 0). rope non-NULL: the epilogue does vs_rope_kv's work: q rows
+ * rotated into y (bf16 [n_tokens][rows]; its k and v columns are left unwritten), k rows
+ * rotated and v rows as they are into the caches (swiglu, y_f32 and accumulate 0,
+ * rows_per_warp 2 or 4). */
 int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x, const int32_t *x_rows,
                   const uint16_t *norm, float eps, void *y, int rows, int n_tokens, int k,
-                  int y_f32, int accumulate, int swiglu, int rows_per_warp, int warps,
-                  int early);
+                  int y_f32, int accumulate, int swiglu, const vs_rope_kv_out *rope,
+                  int rows_per_warp, int warps, int early);
 
 /* out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i] for i < ff. */
 int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens, int ff,

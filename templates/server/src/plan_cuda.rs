@@ -47,6 +47,10 @@ pub const CUDA_GEMV_FUSE_NORM: bool = true;
 /// A gate_up product that goes to the GEMV writes silu(gate) * up itself: no SwiGLU
 /// kernel, no gate_up buffer round trip.
 pub const CUDA_GEMV_FUSE_SWIGLU: bool = true;
+/// A qkv product that goes to the GEMV applies RoPE and writes K/V into the cache
+/// itself: no rope_kv kernel. Taken only at an even `CUDA_GEMV_ROWS_PER_WARP` (a warp
+/// must hold whole rotation pairs); at 1 row a warp the rope_kv kernel runs.
+pub const CUDA_GEMV_FUSE_ROPE: bool = true;
 
 // --- Tensor parallelism ---
 /// GPUs one copy of the model is split across: each rank holds its heads, FFN columns

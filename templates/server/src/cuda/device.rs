@@ -180,6 +180,20 @@ impl Gpu {
                 eps,
             } => (resid, rows_of, weight, eps),
         };
+        let rope = match p.out {
+            GemvOut::RopeKv(r) => Some(ffi::vs_rope_kv_out {
+                positions: r.positions,
+                slots: r.slots,
+                cos_sin: r.cos_sin as *const f32,
+                k_cache: r.k_cache as *mut u16,
+                v_cache: r.v_cache as *mut u16,
+                n_heads: r.n_heads as i32,
+                n_kv_heads: r.n_kv_heads as i32,
+                head_dim: r.head_dim as i32,
+                block_size: r.block_size as i32,
+            }),
+            _ => None,
+        };
         // SAFETY: the pointers are live device buffers of the stated shapes (callers size
         // them from the same config); the launcher refuses shapes the kernel cannot take.
         check("gemv", unsafe {
@@ -197,6 +211,7 @@ impl Gpu {
                 (p.out == GemvOut::F32).into(),
                 0,
                 (p.out == GemvOut::SwiGlu).into(),
+                rope.as_ref().map_or(std::ptr::null(), |r| r as *const _),
                 plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
                 plan_cuda::CUDA_GEMV_WARPS as i32,
                 plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
@@ -253,6 +268,38 @@ pub enum GemvOut {
     /// bf16 `silu(gate) * up` `[n][rows]`, the weight holding `rows` gate rows then
     /// `rows` up rows.
     SwiGlu,
+    /// The q/k/v rows of a layer with RoPE and the K/V cache write in the epilogue:
+    /// rotated q into bf16 `[n][rows]` (its k and v columns unwritten), rotated k and v
+    /// into the caches. Needs an even `CUDA_GEMV_ROWS_PER_WARP` ([`rope_fits`]).
+    RopeKv(RopeKv),
+}
+
+/// Whether the GEMV's rows per warp hold whole RoPE pairs, so it can take the RoPE in.
+pub const fn rope_fits() -> bool {
+    plan_cuda::CUDA_GEMV_ROWS_PER_WARP.is_multiple_of(2)
+}
+
+/// Where a [`GemvOut::RopeKv`] product's rows go (as `vs_rope_kv`'s arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RopeKv {
+    /// Position of each token (a device array).
+    pub positions: *const i32,
+    /// Cache slot of each token: block `slot / block_size`, offset `slot % block_size`.
+    pub slots: *const i32,
+    /// The `[position][head_dim / 2]` (cos, sin) f32 table.
+    pub cos_sin: u64,
+    /// This layer's K cache, `[block][kv_head][offset][head_dim]` bf16.
+    pub k_cache: u64,
+    /// This layer's V cache, laid out as the K cache.
+    pub v_cache: u64,
+    /// q heads.
+    pub n_heads: usize,
+    /// k (and v) heads.
+    pub n_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Positions per cache block.
+    pub block_size: usize,
 }
 
 /// One product on the GEMV kernel: `y[n, rows] = x[n, k] · w[rows, k]ᵀ` with the fusions

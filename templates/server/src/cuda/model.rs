@@ -12,7 +12,7 @@ use cudarc::driver::{CudaGraph, CudaStream, sys as drv_sys};
 use super::CudaError;
 use super::comm::Comm;
 use super::config::HfConfig;
-use super::device::{DevBuf, Gemv, GemvInput, GemvOut, Gpu, check};
+use super::device::{DevBuf, Gemv, GemvInput, GemvOut, Gpu, RopeKv, check, rope_fits};
 use super::ffi;
 use super::oneshot::PeerSum;
 use super::overlap::{CommChoice, SideStream, parts};
@@ -518,14 +518,24 @@ impl CudaLlama {
         let (qkv, attn, gu, ffr, res) = (c.qkv_dim() * 2, heads * 2, 4 * ff, ff * 2, d * 4);
         for (part, rows) in parts.iter().enumerate() {
             self.join(part)?;
+            // RoPE and the K/V write in the qkv GEMV's epilogue when it runs the GEMV
+            // with whole rotation pairs a warp, else the rope_kv kernel.
+            let rope = self.rope_out(layer, rows);
+            let fused = plan_cuda::CUDA_GEMV_FUSE_ROPE && rope_fits() && g.gemv_fits(rows.len(), d);
             let qkv_product = Product {
                 w: w.wqkv.ptr,
                 y: b.qkv.at(rows.start * qkv),
                 rows: c.qkv_dim(),
-                out: GemvOut::Bf16,
+                out: if fused {
+                    GemvOut::RopeKv(rope)
+                } else {
+                    GemvOut::Bf16
+                },
             };
             self.normed_product(&w.attn_norm, std::ptr::null(), rows.clone(), qkv_product)?;
-            self.rope_kv(layer, rows)?;
+            if !fused {
+                self.rope_kv(&rope, rows)?;
+            }
         }
         // Every half's K/V is in the cache before any query attends (a prefill chunk's
         // later rows attend to its earlier ones).
@@ -594,7 +604,8 @@ impl CudaLlama {
     /// `p` of the RMSNorm (weight `norm`) of residual rows (`rows` and `rows_of` as in
     /// [`CudaLlama::rmsnorm`]): one GEMV that normalises as it reads when the plan fuses
     /// the norm and the product fits the GEMV, else the norm kernel into `xb`, then the
-    /// product (a SwiGLU output always goes to the GEMV: its caller checked it fits).
+    /// product (a SwiGLU or RoPE output always goes to the GEMV: its caller checked it
+    /// fits).
     fn normed_product(
         &self,
         norm: &DevBuf,
@@ -623,7 +634,7 @@ impl CudaLlama {
         self.rmsnorm(norm, rows_of, rows.clone())?;
         let xb = self.buf.xb.at(rows.start * d * 2);
         match p.out {
-            GemvOut::SwiGlu => g.gemv(&gemv(GemvInput::Bf16(xb))),
+            GemvOut::SwiGlu | GemvOut::RopeKv(_) => g.gemv(&gemv(GemvInput::Bf16(xb))),
             out => g.gemm(p.w, xb, p.y, p.rows, n, d, out == GemvOut::F32, false),
         }
     }
@@ -652,26 +663,43 @@ impl CudaLlama {
         })
     }
 
-    /// RoPE of the q and k heads of `rows` and their K/V into layer `layer`'s cache.
-    fn rope_kv(&self, layer: usize, rows: &Range<usize>) -> Result<(), CudaError> {
+    /// Where RoPE sends the q/k/v of `rows` in layer `layer`: their positions and cache
+    /// slots, the rope table, the layer's caches.
+    fn rope_out(&self, layer: usize, rows: &Range<usize>) -> RopeKv {
         let (c, b, l) = (&self.local, &self.buf, &self.layout);
-        let r = rows.start;
+        RopeKv {
+            positions: self.input(l.positions + rows.start),
+            slots: self.input(l.slots + rows.start),
+            cos_sin: b.rope.ptr,
+            k_cache: b.k_cache.at(layer * self.layer_cache_bytes),
+            v_cache: b.v_cache.at(layer * self.layer_cache_bytes),
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim(),
+            block_size: plan::KV_BLOCK_SIZE,
+        }
+    }
+
+    /// RoPE of the q and k heads of `rows` and their K/V into the caches of `r`
+    /// (the rope_kv kernel, for products the GEMV epilogue does not take).
+    fn rope_kv(&self, r: &RopeKv, rows: &Range<usize>) -> Result<(), CudaError> {
+        let qkv = self.buf.qkv.at(rows.start * self.local.qkv_dim() * 2);
         // SAFETY: see `enqueue`; the cache holds KV_BLOCKS + 1 blocks and `pack` checked
         // every block id came from a table the scheduler reserved.
         check("rope_kv", unsafe {
             ffi::vs_rope_kv(
                 self.gpu.raw_stream(),
-                b.qkv.at(r * c.qkv_dim() * 2) as *mut u16,
+                qkv as *mut u16,
                 rows.len() as i32,
-                self.input(l.positions + r),
-                self.input(l.slots + r),
-                b.rope.ptr as *const f32,
-                b.k_cache.at(layer * self.layer_cache_bytes) as *mut u16,
-                b.v_cache.at(layer * self.layer_cache_bytes) as *mut u16,
-                c.num_attention_heads as i32,
-                c.num_key_value_heads as i32,
-                c.head_dim() as i32,
-                plan::KV_BLOCK_SIZE as i32,
+                r.positions,
+                r.slots,
+                r.cos_sin as *const f32,
+                r.k_cache as *mut u16,
+                r.v_cache as *mut u16,
+                r.n_heads as i32,
+                r.n_kv_heads as i32,
+                r.head_dim as i32,
+                r.block_size as i32,
                 plan_cuda::CUDA_ELEMWISE_THREADS as i32,
             )
         })

@@ -1,6 +1,8 @@
 //! Hugging Face safetensors (bf16) loaded straight into device memory, with the q/k/v
 //! and gate/up projections fused into one matrix each (one product instead of three),
-//! each rank of a tensor-parallel group taking only its slice.
+//! each rank of a tensor-parallel group taking only its slice. The q and k rows of each
+//! head are interleaved ([`interleave_head_rows`]) so that a RoPE rotation pair is two
+//! adjacent rows, as llama.cpp's GGUF converter does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,7 +21,8 @@ use crate::shard::Shard;
 pub struct LayerWeights {
     /// `input_layernorm` [d].
     pub attn_norm: DevBuf,
-    /// This rank's q, k and v rows stacked: [(heads + 2 kv_heads) · head_dim, d].
+    /// This rank's q, k and v rows stacked: [(heads + 2 kv_heads) · head_dim, d], each q
+    /// and k head's rows interleaved ([`interleave_head_rows`]).
     pub wqkv: DevBuf,
     /// This rank's columns of `o_proj`: [d, heads · head_dim].
     pub wo: DevBuf,
@@ -116,6 +119,8 @@ struct Part {
     n_rows: usize,
     rows: Range<usize>,
     cols: Range<usize>,
+    /// Head size whose rows are interleaved ([`interleave_head_rows`]); 0: kept in order.
+    interleave: usize,
 }
 
 impl Part {
@@ -126,8 +131,35 @@ impl Part {
             n_rows,
             rows,
             cols: 0..0,
+            interleave: 0,
         }
     }
+
+    /// These rows, whole heads of `head_dim` rows, each head's rows interleaved.
+    fn interleaved(self, head_dim: usize) -> Self {
+        Self {
+            interleave: head_dim,
+            ..self
+        }
+    }
+}
+
+/// Rows of `head_dim`-row heads (`row_bytes` each) reordered within each head as
+/// `[0, hd/2, 1, hd/2 + 1, ...]`: Llama's rotate-half RoPE pairs element i with
+/// i + hd/2, and this puts each pair in adjacent rows (the rows one GEMV warp computes,
+/// so its epilogue can rotate them). Applied to q and k alike, q · k is unchanged;
+/// heads are sharded whole, so every rank's slice is whole heads.
+fn interleave_head_rows(rows: &[u8], row_bytes: usize, head_dim: usize) -> Vec<u8> {
+    let half = head_dim / 2;
+    rows.chunks_exact(row_bytes * head_dim)
+        .flat_map(|head| {
+            (0..head_dim).flat_map(move |i| {
+                let src = (i % 2) * half + i / 2;
+                &head[src * row_bytes..(src + 1) * row_bytes]
+            })
+        })
+        .copied()
+        .collect()
 }
 
 /// Loads tensors, possibly several stacked, into new device buffers.
@@ -160,7 +192,11 @@ impl Loader<'_> {
             let data = self.files.tensor(&p.name, shape)?;
             let row_bytes = n_cols * 2;
             let rows = &data[p.rows.start * row_bytes..p.rows.end * row_bytes];
-            if p.cols.is_empty() {
+            if p.interleave > 0 {
+                let reordered = interleave_head_rows(rows, row_bytes, p.interleave);
+                self.gpu.upload(buf.at(offset), &reordered)?;
+                offset += reordered.len();
+            } else if p.cols.is_empty() {
                 self.gpu.upload(buf.at(offset), rows)?;
                 offset += rows.len();
             } else {
@@ -195,10 +231,8 @@ impl Loader<'_> {
         cols: Range<usize>,
     ) -> Result<DevBuf, CudaError> {
         let part = Part {
-            name,
-            n_rows: rows,
-            rows: 0..rows,
             cols,
+            ..Part::rows(name, rows, 0..rows)
         };
         self.stacked(&[part], n_cols)
     }
@@ -234,8 +268,8 @@ impl Weights {
                 attn_norm: l.one(p("input_layernorm"), d, 1)?,
                 wqkv: l.stacked(
                     &[
-                        Part::rows(p("self_attn.q_proj"), h * hd, q.clone()),
-                        Part::rows(p("self_attn.k_proj"), kvh * hd, kv.clone()),
+                        Part::rows(p("self_attn.q_proj"), h * hd, q.clone()).interleaved(hd),
+                        Part::rows(p("self_attn.k_proj"), kvh * hd, kv.clone()).interleaved(hd),
                         Part::rows(p("self_attn.v_proj"), kvh * hd, kv.clone()),
                     ],
                     d,
@@ -268,5 +302,20 @@ impl Weights {
             lm_head,
             bytes: l.bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_puts_each_rotate_half_pair_in_adjacent_rows_of_its_head() {
+        // Two heads of 4 rows, 2 bytes a row: row r holds bytes (r, 100 + r).
+        let rows: Vec<u8> = (0..8u8).flat_map(|r| [r, 100 + r]).collect();
+        let out = interleave_head_rows(&rows, 2, 4);
+        let order: Vec<u8> = out.chunks(2).map(|r| r[0]).collect();
+        assert_eq!(order, [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert!(out.chunks(2).all(|r| r[1] == 100 + r[0]));
     }
 }
