@@ -288,8 +288,7 @@ extern "C" int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x,
                rows != (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim))
     return (int)cudaErrorInvalidValue;
   GemvArgs a = {(const uint4 *)w, x, x_rows, (const uint4 *)norm, eps, y,
-                rows, n_tokens, k / 8, y_f32, accumulate};
-  if (rope) a.rope = *rope;
+                rows, n_tokens, k / 8, y_f32, accumulate, rope ? *rope : vs_rope_kv_out{}};
   cudaStream_t st = (cudaStream_t)stream;
   bool n = norm != NULL;
   if (n && rope) return gemv_by_rows<true, false, true>(st, a, rows_per_warp, warps, early);
