@@ -8,14 +8,16 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-/// The architecture nvcc compiles for: `CUDA_ARCH` of `src/plan_cuda.rs` (the plan's
-/// single source), as in `pub const CUDA_ARCH: &str = "sm_90a";`.
-fn plan_arch() -> String {
+/// The value of constant `name` in `src/plan_cuda.rs` (the plan's single source), as in
+/// `pub const CUDA_ARCH: &str = "sm_90a";` (quotes removed).
+fn plan_const(name: &str) -> String {
     let plan = std::fs::read_to_string("src/plan_cuda.rs").expect("src/plan_cuda.rs is readable");
+    let prefix = format!("pub const {name}: ");
     plan.lines()
-        .find_map(|line| line.trim().strip_prefix("pub const CUDA_ARCH: &str = "))
-        .map(|rest| rest.trim_end_matches(';').trim_matches('"').to_string())
-        .expect("src/plan_cuda.rs defines CUDA_ARCH")
+        .find_map(|line| line.trim().strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split_once(" = "))
+        .map(|(_, value)| value.trim_end_matches(';').trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("src/plan_cuda.rs defines {name}"))
 }
 
 /// Where the CUDA toolkit is: `CUDA_HOME`, else the folder above the `nvcc` on PATH.
@@ -37,7 +39,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(vibeserve_cuda)");
     println!("cargo::rustc-cfg=vibeserve_cuda");
     let home = cuda_home().expect("no CUDA toolkit: set CUDA_HOME or put nvcc on PATH");
-    let arch = plan_arch();
+    // The architecture nvcc compiles for, and the plan's kernel constants that size
+    // register arrays (compile-time in CUDA).
+    let arch = plan_const("CUDA_ARCH");
     // sm_90a as `-gencode` (the `-arch=sm_90a` shorthand also runs a plain sm_90 pass).
     let compute = arch.replace("sm_", "compute_");
     let nvcc = home.join("bin").join("nvcc");
@@ -54,6 +58,8 @@ fn main() {
         .flag("-lineinfo")
         .flag(format!("-gencode=arch={compute},code={arch}"))
         .flag("-O3")
+        .define("GEMV_UNROLL", plan_const("CUDA_GEMV_UNROLL").as_str())
+        .define("SAMPLE_LOADS", plan_const("CUDA_SAMPLE_LOADS").as_str())
         .include(home.join("include"))
         .file("cuda/kernels.cu")
         .file("cuda/comm.cu")

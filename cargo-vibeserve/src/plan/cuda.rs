@@ -57,6 +57,10 @@ pub struct CudaPlan {
     pub elemwise_threads: usize,
     /// Threads per token-selection block (one block scans one vocabulary row).
     pub sample_threads: usize,
+    /// Logits each token-selection thread has loading at once (a scan of 128k logits
+    /// one load at a time is a chain of dependent loads). Absent in older plans: 8.
+    #[serde(default = "default_sample_loads")]
+    pub sample_loads: usize,
     /// cuBLAS workspace in bytes, set once so that graph capture never allocates.
     pub cublas_workspace_bytes: usize,
     /// GPUs one copy of the model is split across (Megatron-style tensor parallelism:
@@ -92,6 +96,22 @@ pub struct CudaPlan {
     /// Warps per block of the GEMV kernel.
     #[serde(default = "default_gemv_warps")]
     pub gemv_warps: usize,
+    /// 16-byte chunks of each weight row a GEMV lane has loading at once: more hides
+    /// memory latency, fewer keeps registers (and so resident warps). Absent in older
+    /// plans: 4.
+    #[serde(default = "default_gemv_unroll")]
+    pub gemv_unroll: usize,
+    /// Most warps of a GEMV block that share one row group, each taking a slice of the
+    /// inputs (a product of few rows, such as o or down, otherwise has too few warps to
+    /// keep HBM busy); their partial sums are added in a fixed order. 1: no split.
+    /// Absent in older plans: 4.
+    #[serde(default = "default_gemv_k_split_max")]
+    pub gemv_k_split_max: usize,
+    /// Warps per multiprocessor a GEMV product aims for: one with fewer splits its
+    /// inputs (up to `gemv_k_split_max` ways) until it has as many. Absent in older
+    /// plans: 24.
+    #[serde(default = "default_gemv_warps_per_sm")]
+    pub gemv_warps_per_sm: usize,
     /// Launch the GEMV with programmatic dependent launch (Hopper): its blocks start and
     /// stream weights while the previous kernel finishes. Absent in older plans: true.
     #[serde(default = "default_gemv_early_launch")]
@@ -160,6 +180,26 @@ fn default_gemv_rows_per_warp() -> usize {
 /// Four warps a block: 128-thread blocks, many per multiprocessor.
 fn default_gemv_warps() -> usize {
     4
+}
+
+/// Four 16-byte chunks a row in flight per lane: 128 bytes a lane at two rows a warp.
+fn default_gemv_unroll() -> usize {
+    4
+}
+
+/// Round 0 splits a row group's inputs over up to 4 warps (a 4-warp block).
+fn default_gemv_k_split_max() -> usize {
+    4
+}
+
+/// About what registers allow at ~80 a thread (65536 per SM / 32 lanes / 80 ≈ 25 warps).
+fn default_gemv_warps_per_sm() -> usize {
+    24
+}
+
+/// Eight logits loading at once per thread of the token-selection kernel.
+fn default_sample_loads() -> usize {
+    8
 }
 
 /// Round 0's attention blocks: four per multiprocessor of an H100 (132 SMs), enough warps
@@ -285,6 +325,7 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         norm_threads: 256,
         elemwise_threads: 256,
         sample_threads: 1024,
+        sample_loads: default_sample_loads(),
         cublas_workspace_bytes: 32 << 20,
         tensor_parallel: gpus,
         all_reduce: if gpus > 1 {
@@ -299,6 +340,9 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         gemv_max_tokens: default_gemv_max_tokens(),
         gemv_rows_per_warp: default_gemv_rows_per_warp(),
         gemv_warps: default_gemv_warps(),
+        gemv_unroll: default_gemv_unroll(),
+        gemv_k_split_max: default_gemv_k_split_max(),
+        gemv_warps_per_sm: default_gemv_warps_per_sm(),
         gemv_early_launch: default_gemv_early_launch(),
         gemv_fuse_norm: default_gemv_fuse(),
         gemv_fuse_swiglu: default_gemv_fuse(),
@@ -413,6 +457,7 @@ impl Plan {
             c("CUDA_NORM_THREADS", int(cuda.norm_threads)),
             c("CUDA_ELEMWISE_THREADS", int(cuda.elemwise_threads)),
             c("CUDA_SAMPLE_THREADS", int(cuda.sample_threads)),
+            c("CUDA_SAMPLE_LOADS", int(cuda.sample_loads)),
             c("CUBLAS_WORKSPACE_BYTES", int(cuda.cublas_workspace_bytes)),
             c("TENSOR_PARALLEL", int(cuda.tensor_parallel)),
             c("ALL_REDUCE", cuda.all_reduce.rust_path().to_string()),
@@ -423,6 +468,9 @@ impl Plan {
             c("CUDA_GEMV_MAX_TOKENS", int(cuda.gemv_max_tokens)),
             c("CUDA_GEMV_ROWS_PER_WARP", int(cuda.gemv_rows_per_warp)),
             c("CUDA_GEMV_WARPS", int(cuda.gemv_warps)),
+            c("CUDA_GEMV_UNROLL", int(cuda.gemv_unroll)),
+            c("CUDA_GEMV_K_SPLIT_MAX", int(cuda.gemv_k_split_max)),
+            c("CUDA_GEMV_WARPS_PER_SM", int(cuda.gemv_warps_per_sm)),
             c("CUDA_GEMV_EARLY_LAUNCH", cuda.gemv_early_launch.to_string()),
             c("CUDA_GEMV_FUSE_NORM", cuda.gemv_fuse_norm.to_string()),
             c("CUDA_GEMV_FUSE_SWIGLU", cuda.gemv_fuse_swiglu.to_string()),
@@ -564,6 +612,10 @@ mod tests {
             "gemv_max_tokens",
             "gemv_rows_per_warp",
             "gemv_warps",
+            "gemv_unroll",
+            "gemv_k_split_max",
+            "gemv_warps_per_sm",
+            "sample_loads",
             "gemv_early_launch",
             "attn_target_blocks",
             "attn_min_split_keys",

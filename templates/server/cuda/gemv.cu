@@ -14,8 +14,13 @@
 
 typedef __nv_bfloat16 bf16;
 
-// 16-byte chunks of one row each lane has in flight before it does arithmetic.
-#define GEMV_UNROLL 4
+// 16-byte chunks of one row each lane has in flight before it does arithmetic: the
+// plan's `CUDA_GEMV_UNROLL`, passed by build.rs.
+#ifndef GEMV_UNROLL
+#error "build.rs passes -DGEMV_UNROLL (the plan's CUDA_GEMV_UNROLL)"
+#endif
+// Most warps a block has (the k-split partial sums are sized for it).
+#define GEMV_MAX_WARPS 32
 
 // Weights are read once per step and never again before the next step: stream them
 // past L1 (`ld.global.nc.L1::no_allocate`), keeping L1 for the token vectors.
@@ -74,6 +79,7 @@ struct GemvArgs {
   void *y;
   int rows, n_tokens, k8, y_f32, accumulate;
   vs_rope_kv_out rope;   // ROPE only
+  int k_split;           // warps of a block that share one row group's k range
 };
 
 // ROPE epilogue: rows `row` (even) and row + 1 of token t, one rotation pair of a head
@@ -113,19 +119,22 @@ static __device__ __forceinline__ void rope_kv_store(const GemvArgs &a, int t, i
 // streams the up row (rows + row) of each gate row and writes silu(gate) * up, bf16.
 // ROPE (R even, so a warp holds whole rotation pairs): the rows are q, k and v of
 // a.rope's heads, stored by rope_kv_store.
+// k split: a.k_split consecutive warps of a block share R rows, each taking every
+// k_split-th 32-chunk slice of k, so that a product of few rows still has enough warps
+// (loads in flight) per multiprocessor; their partial sums meet in shared memory and the
+// first warp adds them in a fixed order (the result is the same every run).
 template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
 __global__ void gemv_kernel(GemvArgs a) {
   // Weight rows a warp streams; the loads in flight per lane stay GEMV_UNROLL * R.
   constexpr int S = SWIGLU ? 2 * R : R;
   constexpr int U = GEMV_UNROLL * R / S;
-  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  int lane = threadIdx.x & 31;
-  int row0 = warp * R;
+  __shared__ float part[GEMV_MAX_WARPS][S * T + T];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ks = warp % a.k_split;
+  const int row0 = (blockIdx.x * ((blockDim.x >> 5) / a.k_split) + warp / a.k_split) * R;
   const int k8 = a.k8;
-  if (row0 >= a.rows) {
-    wait_previous();
-    return;
-  }
+  // Warps past the last row still reach the k split's barrier (their loads are skipped).
+  const bool live = row0 < a.rows;
   float acc[S][T], ss[T];
 #pragma unroll
   for (int t = 0; t < T; t++) {
@@ -139,11 +148,12 @@ __global__ void gemv_kernel(GemvArgs a) {
     wr[s] = a.w + ((size_t)min(row0 + s % R, a.rows - 1) + (s >= R ? a.rows : 0)) * k8;
   size_t xoff[T];  // element offset of each token's vector
   bool waited = false;
-  for (int base = lane; base < k8; base += 32 * U) {
+  const int split_stride = 32 * a.k_split;
+  for (int base = 32 * ks + lane; live && base < k8; base += U * split_stride) {
     uint4 wv[U][S];
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      int c = base + u * 32;
+      int c = base + u * split_stride;
 #pragma unroll
       for (int s = 0; s < S; s++) wv[u][s] = c < k8 ? load_stream(wr[s] + c) : make_uint4(0, 0, 0, 0);
     }
@@ -159,7 +169,7 @@ __global__ void gemv_kernel(GemvArgs a) {
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      int c = base + u * 32;
+      int c = base + u * split_stride;
       if (c >= k8) break;
       float g[8];
       if (NORM) {
@@ -202,7 +212,28 @@ __global__ void gemv_kernel(GemvArgs a) {
 #pragma unroll
       for (int s = 0; s < S; s++) acc[s][t] += __shfl_xor_sync(0xffffffffu, acc[s][t], o);
     }
-  if (lane != 0) return;
+  if (!waited) wait_previous();
+  if (a.k_split > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < T; t++) {
+        part[warp][S * T + t] = ss[t];
+#pragma unroll
+        for (int s = 0; s < S; s++) part[warp][s * T + t] = acc[s][t];
+      }
+    }
+    __syncthreads();
+    if (ks != 0 || lane != 0 || !live) return;
+    for (int j = 1; j < a.k_split; j++)
+#pragma unroll
+      for (int t = 0; t < T; t++) {
+        ss[t] += part[warp + j][S * T + t];
+#pragma unroll
+        for (int s = 0; s < S; s++) acc[s][t] += part[warp + j][s * T + t];
+      }
+  } else if (lane != 0 || !live) {
+    return;
+  }
 #pragma unroll
   for (int t = 0; t < T; t++) {
     if (t >= a.n_tokens) break;
@@ -239,9 +270,9 @@ __global__ void gemv_kernel(GemvArgs a) {
 // first weights) while the previous kernel on the stream drains, instead of after it.
 template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
 static int gemv_launch(cudaStream_t st, const GemvArgs &a, int warps, int early) {
-  int row_warps = (a.rows + R - 1) / R;
+  int row_warps = (a.rows + R - 1) / R, groups = warps / a.k_split;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((row_warps + warps - 1) / warps);
+  cfg.gridDim = dim3((row_warps + groups - 1) / groups);
   cfg.blockDim = dim3(warps * 32);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
@@ -274,21 +305,47 @@ static int gemv_by_rows(cudaStream_t st, const GemvArgs &a, int rows_per_warp, i
   }
 }
 
+// The multiprocessors of the current device.
+static int sm_count(void) {
+  int dev = 0, n = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  return n > 0 ? n : 1;
+}
+
+// How many warps share a row group's k range (see gemv_kernel): doubled while the
+// product has fewer than `warps_per_sm` warps a multiprocessor, up to `k_split_max`, a
+// divisor of the block's warps, and no more than the row's 32-chunk slices.
+static int gemv_k_split(int rows, int rows_per_warp, int k8, int warps, int k_split_max,
+                        int warps_per_sm) {
+  long row_warps = (rows + rows_per_warp - 1) / rows_per_warp;
+  long wanted = (long)warps_per_sm * sm_count();
+  int ks = 1;
+  while (2 * ks <= k_split_max && warps % (2 * ks) == 0 && 64 * ks <= k8 &&
+         row_warps * ks < wanted)
+    ks *= 2;
+  return ks;
+}
+
 extern "C" int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x,
                              const int32_t *x_rows, const uint16_t *norm, float eps, void *y,
                              int rows, int n_tokens, int k, int y_f32, int accumulate,
                              int swiglu, const vs_rope_kv_out *rope, int rows_per_warp,
-                             int warps, int early) {
+                             int warps, int k_split_max, int warps_per_sm, int early) {
   if (n_tokens == 0 || rows == 0) return 0;
   // Shapes the kernel cannot take are refused (the caller falls back to cuBLAS).
   if (n_tokens > 8 || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x | (uintptr_t)norm) % 16 != 0 ||
-      ((swiglu || rope) && (y_f32 || accumulate)) || (swiglu && rope))
+      ((swiglu || rope) && (y_f32 || accumulate)) || (swiglu && rope) || warps < 1 ||
+      warps > GEMV_MAX_WARPS || rows_per_warp < 1)
     return (int)cudaErrorInvalidValue;
   if (rope && (rope->head_dim % 2 != 0 ||
                rows != (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim))
     return (int)cudaErrorInvalidValue;
-  GemvArgs a = {(const uint4 *)w, x, x_rows, (const uint4 *)norm, eps, y,
-                rows, n_tokens, k / 8, y_f32, accumulate, rope ? *rope : vs_rope_kv_out{}};
+  int k_split = gemv_k_split(rows, rows_per_warp, k / 8, warps, k_split_max, warps_per_sm);
+  GemvArgs a = {(const uint4 *)w, x,        x_rows,     (const uint4 *)norm,
+                eps,              y,        rows,       n_tokens,
+                k / 8,            y_f32,    accumulate, rope ? *rope : vs_rope_kv_out{},
+                k_split};
   cudaStream_t st = (cudaStream_t)stream;
   bool n = norm != NULL;
   if (n && rope) return gemv_by_rows<true, false, true>(st, a, rows_per_warp, warps, early);
@@ -301,7 +358,7 @@ extern "C" int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x,
 
 extern "C" int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int rows,
                        int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp,
-                       int warps, int early) {
+                       int warps, int k_split_max, int warps_per_sm, int early) {
   return vs_gemv_fused(stream, w, x, NULL, NULL, 0.f, y, rows, n_tokens, k, y_f32, accumulate, 0,
-                       NULL, rows_per_warp, warps, early);
+                       NULL, rows_per_warp, warps, k_split_max, warps_per_sm, early);
 }

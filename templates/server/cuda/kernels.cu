@@ -409,19 +409,33 @@ __global__ void sample_kernel(const float *logits, int vocab, int vocab_start, c
   uint64_t seed = seeds[blockIdx.x];
   float bv = -INFINITY;
   int bi = 0;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    float v = row[i];
-    if (temp > 0.f) {
-      // Uniform in (0, 1) from the top 24 bits; Gumbel noise -log(-log(u)).
-      // Keyed by the global token id, so every rank of a vocabulary split draws the same
-      // noise as one GPU would.
-      uint64_t id = (uint64_t)(i + vocab_start);
-      float u = ((float)(mix64(seed ^ id * 0x9e3779b97f4a7c15ull) >> 40) + 0.5f) * (1.f / 16777216.f);
-      v = v / temp - __logf(-__logf(u));
+  // SAMPLE_LOADS logits loading at once per thread (one at a time, a 128k vocabulary
+  // is a chain of dependent loads: tens of microseconds a step).
+  for (int i0 = threadIdx.x; i0 < vocab; i0 += SAMPLE_LOADS * blockDim.x) {
+    float vs[SAMPLE_LOADS];
+#pragma unroll
+    for (int j = 0; j < SAMPLE_LOADS; j++) {
+      int i = i0 + j * blockDim.x;
+      vs[j] = i < vocab ? row[i] : -INFINITY;
     }
-    if (v > bv) {
-      bv = v;
-      bi = i;
+#pragma unroll
+    for (int j = 0; j < SAMPLE_LOADS; j++) {
+      int i = i0 + j * blockDim.x;
+      if (i >= vocab) break;
+      float v = vs[j];
+      if (temp > 0.f) {
+        // Uniform in (0, 1) from the top 24 bits; Gumbel noise -log(-log(u)).
+        // Keyed by the global token id, so every rank of a vocabulary split draws the
+        // same noise as one GPU would.
+        uint64_t id = (uint64_t)(i + vocab_start);
+        float u = ((float)(mix64(seed ^ id * 0x9e3779b97f4a7c15ull) >> 40) + 0.5f) * (1.f / 16777216.f);
+        v = v / temp - __logf(-__logf(u));
+      }
+      // Ascending i within a thread: strict > keeps the first of equal values.
+      if (v > bv) {
+        bv = v;
+        bi = i;
+      }
     }
   }
 #pragma unroll

@@ -52,12 +52,14 @@ int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens, const uint
 /* y[t, r] (+)= sum_j w[r, j] * x[t, j] for t < n_tokens <= 8, r < rows (w row-major
  * [rows][k], x [n_tokens][k], both bf16 and 16-byte aligned, k % 8 == 0); y is f32 when
  * y_f32, else bf16, [n_tokens][rows]; accumulate adds to what y holds. One warp computes
- * rows_per_warp (1, 2 or 4) rows; blocks of `warps` warps. `early`: programmatic
+ * rows_per_warp (1, 2 or 4) rows; blocks of `warps` (at most 32) warps. A product with
+ * fewer than `warps_per_sm` warps a multiprocessor splits each row group's k range over
+ * up to `k_split_max` warps of a block (partial sums added in a fixed order). `early`: programmatic
  * dependent launch (the kernel starts streaming weights while the previous kernel on the
  * stream finishes; Hopper and later). */
 int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int rows,
             int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp, int warps,
-            int early);
+            int k_split_max, int warps_per_sm, int early);
 
 /* Where a q/k/v product's epilogue sends its rows (vs_gemv_fused's `rope`): the rows are
  * n_heads q heads, n_kv_heads k heads, n_kv_heads v heads of head_dim (interleaved
@@ -86,7 +88,8 @@ typedef struct {
 int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x, const int32_t *x_rows,
                   const uint16_t *norm, float eps, void *y, int rows, int n_tokens, int k,
                   int y_f32, int accumulate, int swiglu, const vs_rope_kv_out *rope,
-                  int rows_per_warp, int warps, int early);
+                  int rows_per_warp, int warps, int k_split_max, int warps_per_sm,
+                  int early);
 
 /* out[t, i] = silu(gate_up[t, i]) * gate_up[t, ff + i] for i < ff. */
 int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens, int ff,

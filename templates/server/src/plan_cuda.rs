@@ -29,6 +29,8 @@ pub const CUDA_NORM_THREADS: usize = 256;
 pub const CUDA_ELEMWISE_THREADS: usize = 256;
 /// Threads per token-selection block (one block scans one vocabulary row).
 pub const CUDA_SAMPLE_THREADS: usize = 1024;
+/// Logits each token-selection thread has loading at once (compiled in by build.rs).
+pub const CUDA_SAMPLE_LOADS: usize = 8;
 /// cuBLAS workspace, set once so that graph capture never allocates.
 pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
 /// Products of at most this many tokens run the hand-written GEMV (`cuda/gemv.cu`)
@@ -38,6 +40,14 @@ pub const CUDA_GEMV_MAX_TOKENS: usize = 8;
 pub const CUDA_GEMV_ROWS_PER_WARP: usize = 2;
 /// Warps per block of the GEMV kernel.
 pub const CUDA_GEMV_WARPS: usize = 4;
+/// 16-byte chunks of each weight row a GEMV lane has loading at once (compiled in by
+/// build.rs).
+pub const CUDA_GEMV_UNROLL: usize = 4;
+/// Most warps of a GEMV block that split one row group's inputs between them.
+pub const CUDA_GEMV_K_SPLIT_MAX: usize = 4;
+/// A GEMV product with fewer warps than this per multiprocessor splits its inputs
+/// (up to `CUDA_GEMV_K_SPLIT_MAX` ways) until it has as many.
+pub const CUDA_GEMV_WARPS_PER_SM: usize = 24;
 /// Launch the GEMV early (programmatic dependent launch): it streams weights while the
 /// previous kernel finishes.
 pub const CUDA_GEMV_EARLY_LAUNCH: bool = true;

@@ -117,6 +117,8 @@ impl Gpu {
                     accumulate.into(),
                     plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
                     plan_cuda::CUDA_GEMV_WARPS as i32,
+                    plan_cuda::CUDA_GEMV_K_SPLIT_MAX as i32,
+                    plan_cuda::CUDA_GEMV_WARPS_PER_SM as i32,
                     plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
                 )
             });
@@ -214,6 +216,8 @@ impl Gpu {
                 rope.as_ref().map_or(std::ptr::null(), |r| r as *const _),
                 plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
                 plan_cuda::CUDA_GEMV_WARPS as i32,
+                plan_cuda::CUDA_GEMV_K_SPLIT_MAX as i32,
+                plan_cuda::CUDA_GEMV_WARPS_PER_SM as i32,
                 plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
             )
         })
