@@ -51,12 +51,26 @@ pub struct CudaPlan {
     /// in older plans: 4.
     #[serde(default)]
     pub attn_keys_in_flight: KeysInFlight,
+    /// Launch the hand-written kernels other than the GEMV (attention and its merge,
+    /// RMSNorm, RoPE, SwiGLU, embedding, token selection, the one-shot all-reduce) with programmatic dependent
+    /// launch (Hopper): their blocks start while the kernel before them finishes and
+    /// wait for its output there (attention first reads the step's inputs and prefetches
+    /// its first K/V rows into L2), hiding a launch gap per kernel. Absent in older
+    /// plans: true.
+    #[serde(default = "default_early_launch")]
+    pub early_launch: bool,
     /// Threads per RMSNorm block (one block per row).
     pub norm_threads: usize,
     /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).
     pub elemwise_threads: usize,
-    /// Threads per token-selection block (one block scans one vocabulary row).
+    /// Threads per token-selection block (one block scans one part of a vocabulary row).
     pub sample_threads: usize,
+    /// Blocks that scan one logits row in token selection, each a slice of the
+    /// vocabulary (a 128k vocabulary read by one block is limited to one
+    /// multiprocessor's bandwidth); a second kernel picks the best of the parts. Absent
+    /// in older plans: 64.
+    #[serde(default = "default_sample_parts")]
+    pub sample_parts: usize,
     /// Logits each token-selection thread has loading at once (a scan of 128k logits
     /// one load at a time is a chain of dependent loads). Absent in older plans: 8.
     #[serde(default = "default_sample_loads")]
@@ -114,7 +128,7 @@ pub struct CudaPlan {
     pub gemv_warps_per_sm: usize,
     /// Launch the GEMV with programmatic dependent launch (Hopper): its blocks start and
     /// stream weights while the previous kernel finishes. Absent in older plans: true.
-    #[serde(default = "default_gemv_early_launch")]
+    #[serde(default = "default_early_launch")]
     pub gemv_early_launch: bool,
     /// Products that run the GEMV (qkv, gate_up, the LM head) compute the RMSNorm before
     /// them as they read the residual: no norm kernel and no bf16 copy of the normalised
@@ -151,9 +165,10 @@ fn default_one_shot_timeout_ms() -> usize {
     10_000
 }
 
-/// The weights a GEMV reads do not depend on the kernel before it, so starting early
-/// hides the launch gap between kernels (many small ones per decode step).
-fn default_gemv_early_launch() -> bool {
+/// What a GEMV (its weights) or attention (the step's inputs, older K/V rows) reads
+/// first does not depend on the kernel before it, so starting early hides the launch
+/// gap between kernels (many small ones per decode step).
+fn default_early_launch() -> bool {
     true
 }
 
@@ -200,6 +215,12 @@ fn default_gemv_warps_per_sm() -> usize {
 /// Eight logits loading at once per thread of the token-selection kernel.
 fn default_sample_loads() -> usize {
     8
+}
+
+/// 64 parts of a 128k vocabulary: about 2,000 logits a block, one pass of 256 threads
+/// with 8 loads each.
+fn default_sample_parts() -> usize {
+    64
 }
 
 /// Round 0's attention blocks: four per multiprocessor of an H100 (132 SMs), enough warps
@@ -322,9 +343,11 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         attn_target_blocks: default_attn_target_blocks(),
         attn_min_split_keys: default_attn_min_split_keys(),
         attn_keys_in_flight: KeysInFlight::default(),
+        early_launch: default_early_launch(),
         norm_threads: 256,
         elemwise_threads: 256,
-        sample_threads: 1024,
+        sample_threads: 256,
+        sample_parts: default_sample_parts(),
         sample_loads: default_sample_loads(),
         cublas_workspace_bytes: 32 << 20,
         tensor_parallel: gpus,
@@ -343,7 +366,7 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         gemv_unroll: default_gemv_unroll(),
         gemv_k_split_max: default_gemv_k_split_max(),
         gemv_warps_per_sm: default_gemv_warps_per_sm(),
-        gemv_early_launch: default_gemv_early_launch(),
+        gemv_early_launch: default_early_launch(),
         gemv_fuse_norm: default_gemv_fuse(),
         gemv_fuse_swiglu: default_gemv_fuse(),
         gemv_fuse_rope: default_gemv_fuse(),
@@ -454,9 +477,11 @@ impl Plan {
             c("ATTN_TARGET_BLOCKS", int(cuda.attn_target_blocks)),
             c("ATTN_MIN_SPLIT_KEYS", int(cuda.attn_min_split_keys)),
             c("ATTN_KEYS_IN_FLIGHT", int(cuda.attn_keys_in_flight.get())),
+            c("CUDA_EARLY_LAUNCH", cuda.early_launch.to_string()),
             c("CUDA_NORM_THREADS", int(cuda.norm_threads)),
             c("CUDA_ELEMWISE_THREADS", int(cuda.elemwise_threads)),
             c("CUDA_SAMPLE_THREADS", int(cuda.sample_threads)),
+            c("CUDA_SAMPLE_PARTS", int(cuda.sample_parts)),
             c("CUDA_SAMPLE_LOADS", int(cuda.sample_loads)),
             c("CUBLAS_WORKSPACE_BYTES", int(cuda.cublas_workspace_bytes)),
             c("TENSOR_PARALLEL", int(cuda.tensor_parallel)),
@@ -616,10 +641,12 @@ mod tests {
             "gemv_k_split_max",
             "gemv_warps_per_sm",
             "sample_loads",
+            "sample_parts",
             "gemv_early_launch",
             "attn_target_blocks",
             "attn_min_split_keys",
             "attn_keys_in_flight",
+            "early_launch",
             "gemv_fuse_norm",
             "gemv_fuse_swiglu",
             "gemv_fuse_rope",

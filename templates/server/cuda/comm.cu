@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "comm.h"
+#include "early_launch.h"
 
 static __device__ __forceinline__ unsigned long long comm_now_ns() {
   unsigned long long t;
@@ -32,6 +33,7 @@ template <int WORLD>
 __global__ void allreduce_peers_kernel(float4 *data, int n4, float4 *exchange, vs_peers peers,
                                        int rank, int cap4, int *epochs, int *error,
                                        long long timeout_ns, int max_blocks) {
+  wait_previous();
   __shared__ int epoch;
   if (threadIdx.x == 0) epoch = epochs[blockIdx.x] + 1;
   __syncthreads();
@@ -98,6 +100,7 @@ static __device__ __forceinline__ float sendable(float x) {
 template <int WORLD>
 __global__ void allreduce_push_kernel(float4 *data, int n4, vs_peers peers, int rank, int cap4,
                                       int *epochs, int *error, long long timeout_ns) {
+  wait_previous();
   __shared__ int epoch;
   if (threadIdx.x == 0) epoch = epochs[blockIdx.x] + 1;
   __syncthreads();
@@ -147,31 +150,29 @@ __global__ void allreduce_push_kernel(float4 *data, int n4, vs_peers peers, int 
 // Pull: `blocks` blocks of its own flags; push: always `max_blocks` (the same grid on every
 // call, see the kernel).
 template <int WORLD>
-static void launch_one_shot(cudaStream_t s, float *data, int n, float *exchange, vs_peers peers,
-                            int rank, int cap, int *epochs, int *error, long long timeout_ns,
-                            int max_blocks, int blocks, int threads, int push) {
+static int launch_one_shot(cudaStream_t s, float *data, int n, float *exchange, vs_peers peers,
+                           int rank, int cap, int *epochs, int *error, long long timeout_ns,
+                           int max_blocks, int blocks, int threads, int push, int early) {
   if (push)
-    allreduce_push_kernel<WORLD><<<max_blocks, threads, 0, s>>>(
-        (float4 *)data, n / 4, peers, rank, cap / 4, epochs, error, timeout_ns);
-  else
-    allreduce_peers_kernel<WORLD><<<blocks, threads, 0, s>>>(
-        (float4 *)data, n / 4, (float4 *)exchange, peers, rank, cap / 4, epochs, error,
-        timeout_ns, max_blocks);
+    return launch_kernel(allreduce_push_kernel<WORLD>, dim3(max_blocks), dim3(threads), 0, s, early,
+                         (float4 *)data, n / 4, peers, rank, cap / 4, epochs, error, timeout_ns);
+  return launch_kernel(allreduce_peers_kernel<WORLD>, dim3(blocks), dim3(threads), 0, s, early,
+                       (float4 *)data, n / 4, (float4 *)exchange, peers, rank, cap / 4, epochs,
+                       error, timeout_ns, max_blocks);
 }
 
 extern "C" int vs_allreduce_peers(vs_stream stream, float *data, int n, float *exchange,
                                   vs_peers peers, int world, int rank, int cap, int *epochs,
                                   int *error, long long timeout_ns, int max_blocks, int blocks,
-                                  int threads, int push) {
+                                  int threads, int push, int early) {
   if (n == 0) return 0;
   if (n % 4 != 0 || n > cap || blocks > max_blocks || threads < world || rank >= world)
     return (int)cudaErrorInvalidValue;
   cudaStream_t s = (cudaStream_t)stream;
   switch (world) {
-    case 2: launch_one_shot<2>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push); break;
-    case 4: launch_one_shot<4>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push); break;
-    case 8: launch_one_shot<8>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push); break;
+    case 2: return launch_one_shot<2>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push, early);
+    case 4: return launch_one_shot<4>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push, early);
+    case 8: return launch_one_shot<8>(s, data, n, exchange, peers, rank, cap, epochs, error, timeout_ns, max_blocks, blocks, threads, push, early);
     default: return (int)cudaErrorInvalidValue;
   }
-  return (int)cudaGetLastError();
 }

@@ -34,10 +34,11 @@ typedef struct {
  * floats, filled with 0xffffffff bits before the first call) and polls its own inbox
  * until every peer's values have arrived: the values are the flags. It always runs
  * max_blocks blocks, so each thread owns the same elements and each block's epoch stays
- * in step. */
+ * in step. `early`: programmatic dependent launch (see launchers.h). */
 int vs_allreduce_peers(vs_stream stream, float *data, int n, float *exchange, vs_peers peers,
                        int world, int rank, int cap, int *epochs, int *error,
-                       long long timeout_ns, int max_blocks, int blocks, int threads, int push);
+                       long long timeout_ns, int max_blocks, int blocks, int threads, int push,
+                       int early);
 
 #ifdef __cplusplus
 }

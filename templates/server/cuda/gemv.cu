@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "early_launch.h"
 #include "launchers.h"
 
 typedef __nv_bfloat16 bf16;
@@ -19,7 +20,7 @@ typedef __nv_bfloat16 bf16;
 #ifndef GEMV_UNROLL
 #error "build.rs passes -DGEMV_UNROLL (the plan's CUDA_GEMV_UNROLL)"
 #endif
-// Most warps a block has (the k-split partial sums are sized for it).
+// Most warps a block has.
 #define GEMV_MAX_WARPS 32
 
 // Weights are read once per step and never again before the next step: stream them
@@ -30,14 +31,6 @@ static __device__ __forceinline__ uint4 load_stream(const uint4 *p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
-}
-
-// Waits for the previous kernel on the stream when launched early; a no-op otherwise
-// (and before Hopper, which has no programmatic dependent launch).
-static __device__ __forceinline__ void wait_previous(void) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 static __device__ __forceinline__ float2 bf2(uint32_t u) {
@@ -69,7 +62,7 @@ static __device__ __forceinline__ float dot8f(uint4 w, const float *x, float acc
   return acc;
 }
 
-// The operands of one product (see vs_gemv_fused in launchers.h).
+// The operands of one product (see vs_gemv in launchers.h).
 struct GemvArgs {
   const uint4 *w;
   const void *x;         // bf16 token vectors, or (NORM) the f32 residual rows
@@ -128,7 +121,10 @@ __global__ void gemv_kernel(GemvArgs a) {
   // Weight rows a warp streams; the loads in flight per lane stay GEMV_UNROLL * R.
   constexpr int S = SWIGLU ? 2 * R : R;
   constexpr int U = GEMV_UNROLL * R / S;
-  __shared__ float part[GEMV_MAX_WARPS][S * T + T];
+  // k split: each warp's partial sums (S * T products, T sums of squares), sized by the
+  // launch for the block's warps.
+  extern __shared__ float part[];
+  constexpr int PART = S * T + T;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % a.k_split;
   const int row0 = (blockIdx.x * ((blockDim.x >> 5) / a.k_split) + warp / a.k_split) * R;
@@ -217,9 +213,9 @@ __global__ void gemv_kernel(GemvArgs a) {
     if (lane == 0) {
 #pragma unroll
       for (int t = 0; t < T; t++) {
-        part[warp][S * T + t] = ss[t];
+        part[warp * PART + S * T + t] = ss[t];
 #pragma unroll
-        for (int s = 0; s < S; s++) part[warp][s * T + t] = acc[s][t];
+        for (int s = 0; s < S; s++) part[warp * PART + s * T + t] = acc[s][t];
       }
     }
     __syncthreads();
@@ -227,9 +223,9 @@ __global__ void gemv_kernel(GemvArgs a) {
     for (int j = 1; j < a.k_split; j++)
 #pragma unroll
       for (int t = 0; t < T; t++) {
-        ss[t] += part[warp + j][S * T + t];
+        ss[t] += part[(warp + j) * PART + S * T + t];
 #pragma unroll
-        for (int s = 0; s < S; s++) acc[s][t] += part[warp + j][s * T + t];
+        for (int s = 0; s < S; s++) acc[s][t] += part[(warp + j) * PART + s * T + t];
       }
   } else if (lane != 0 || !live) {
     return;
@@ -269,96 +265,72 @@ __global__ void gemv_kernel(GemvArgs a) {
 // `early`: programmatic dependent launch, so the kernel's blocks start (and stream their
 // first weights) while the previous kernel on the stream drains, instead of after it.
 template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
-static int gemv_launch(cudaStream_t st, const GemvArgs &a, int warps, int early) {
-  int row_warps = (a.rows + R - 1) / R, groups = warps / a.k_split;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((row_warps + groups - 1) / groups);
-  cfg.blockDim = dim3(warps * 32);
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = early ? 1 : 0;
-  return (int)cudaLaunchKernelEx(&cfg, gemv_kernel<T, R, NORM, SWIGLU, ROPE>, a);
+static int gemv_launch(cudaStream_t st, const GemvArgs &a, const vs_gemv_launch &l) {
+  constexpr int S = SWIGLU ? 2 * R : R;
+  int row_warps = (a.rows + R - 1) / R, groups = l.warps / a.k_split;
+  size_t smem = a.k_split > 1 ? (size_t)l.warps * (S * T + T) * sizeof(float) : 0;
+  return launch_kernel(gemv_kernel<T, R, NORM, SWIGLU, ROPE>, dim3((row_warps + groups - 1) / groups),
+                       dim3(l.warps * 32), smem, st, l.early, a);
 }
 
 template <int R, bool NORM, bool SWIGLU, bool ROPE>
-static int gemv_by_tokens(cudaStream_t st, const GemvArgs &a, int warps, int early) {
-  if (a.n_tokens <= 1) return gemv_launch<1, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
-  if (a.n_tokens <= 2) return gemv_launch<2, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
-  if (a.n_tokens <= 4) return gemv_launch<4, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
-  return gemv_launch<8, R, NORM, SWIGLU, ROPE>(st, a, warps, early);
+static int gemv_by_tokens(cudaStream_t st, const GemvArgs &a, const vs_gemv_launch &l) {
+  if (a.n_tokens <= 1) return gemv_launch<1, R, NORM, SWIGLU, ROPE>(st, a, l);
+  if (a.n_tokens <= 2) return gemv_launch<2, R, NORM, SWIGLU, ROPE>(st, a, l);
+  if (a.n_tokens <= 4) return gemv_launch<4, R, NORM, SWIGLU, ROPE>(st, a, l);
+  return gemv_launch<8, R, NORM, SWIGLU, ROPE>(st, a, l);
 }
 
 // ROPE needs whole rotation pairs in a warp: no one-row warps.
 template <bool NORM, bool SWIGLU, bool ROPE>
-static int gemv_by_rows(cudaStream_t st, const GemvArgs &a, int rows_per_warp, int warps,
-                        int early) {
-  switch (rows_per_warp) {
+static int gemv_by_rows(cudaStream_t st, const GemvArgs &a, const vs_gemv_launch &l) {
+  switch (l.rows_per_warp) {
     case 1:
       if constexpr (ROPE) return (int)cudaErrorInvalidValue;
-      else return gemv_by_tokens<1, NORM, SWIGLU, false>(st, a, warps, early);
-    case 2: return gemv_by_tokens<2, NORM, SWIGLU, ROPE>(st, a, warps, early);
-    case 4: return gemv_by_tokens<4, NORM, SWIGLU, ROPE>(st, a, warps, early);
+      else return gemv_by_tokens<1, NORM, SWIGLU, false>(st, a, l);
+    case 2: return gemv_by_tokens<2, NORM, SWIGLU, ROPE>(st, a, l);
+    case 4: return gemv_by_tokens<4, NORM, SWIGLU, ROPE>(st, a, l);
     default: return (int)cudaErrorInvalidValue;
   }
-}
-
-// The multiprocessors of the current device.
-static int sm_count(void) {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n > 0 ? n : 1;
 }
 
 // How many warps share a row group's k range (see gemv_kernel): doubled while the
 // product has fewer than `warps_per_sm` warps a multiprocessor, up to `k_split_max`, a
 // divisor of the block's warps, and no more than the row's 32-chunk slices.
-static int gemv_k_split(int rows, int rows_per_warp, int k8, int warps, int k_split_max,
-                        int warps_per_sm) {
-  long row_warps = (rows + rows_per_warp - 1) / rows_per_warp;
-  long wanted = (long)warps_per_sm * sm_count();
+static int gemv_k_split(int rows, int k8, const vs_gemv_launch &l) {
+  long row_warps = (rows + l.rows_per_warp - 1) / l.rows_per_warp;
+  long wanted = (long)l.warps_per_sm * l.sm_count;
   int ks = 1;
-  while (2 * ks <= k_split_max && warps % (2 * ks) == 0 && 64 * ks <= k8 &&
+  while (2 * ks <= l.k_split_max && l.warps % (2 * ks) == 0 && 64 * ks <= k8 &&
          row_warps * ks < wanted)
     ks *= 2;
   return ks;
 }
 
-extern "C" int vs_gemv_fused(vs_stream stream, const uint16_t *w, const void *x,
-                             const int32_t *x_rows, const uint16_t *norm, float eps, void *y,
-                             int rows, int n_tokens, int k, int y_f32, int accumulate,
-                             int swiglu, const vs_rope_kv_out *rope, int rows_per_warp,
-                             int warps, int k_split_max, int warps_per_sm, int early) {
+extern "C" int vs_gemv(vs_stream stream, const uint16_t *w, const void *x, const int32_t *x_rows,
+                       const uint16_t *norm, float eps, void *y, int rows, int n_tokens, int k,
+                       int y_f32, int accumulate, int swiglu, const vs_rope_kv_out *rope,
+                       const vs_gemv_launch *launch) {
   if (n_tokens == 0 || rows == 0) return 0;
+  const vs_gemv_launch &l = *launch;
   // Shapes the kernel cannot take are refused (the caller falls back to cuBLAS).
   if (n_tokens > 8 || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x | (uintptr_t)norm) % 16 != 0 ||
-      ((swiglu || rope) && (y_f32 || accumulate)) || (swiglu && rope) || warps < 1 ||
-      warps > GEMV_MAX_WARPS || rows_per_warp < 1)
+      ((swiglu || rope) && (y_f32 || accumulate)) || (swiglu && rope) || l.warps < 1 ||
+      l.warps > GEMV_MAX_WARPS || l.rows_per_warp < 1 || l.sm_count < 1)
     return (int)cudaErrorInvalidValue;
   if (rope && (rope->head_dim % 2 != 0 ||
                rows != (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim))
     return (int)cudaErrorInvalidValue;
-  int k_split = gemv_k_split(rows, rows_per_warp, k / 8, warps, k_split_max, warps_per_sm);
   GemvArgs a = {(const uint4 *)w, x,        x_rows,     (const uint4 *)norm,
                 eps,              y,        rows,       n_tokens,
                 k / 8,            y_f32,    accumulate, rope ? *rope : vs_rope_kv_out{},
-                k_split};
+                gemv_k_split(rows, k / 8, l)};
   cudaStream_t st = (cudaStream_t)stream;
   bool n = norm != NULL;
-  if (n && rope) return gemv_by_rows<true, false, true>(st, a, rows_per_warp, warps, early);
-  if (rope) return gemv_by_rows<false, false, true>(st, a, rows_per_warp, warps, early);
-  if (n && swiglu) return gemv_by_rows<true, true, false>(st, a, rows_per_warp, warps, early);
-  if (n) return gemv_by_rows<true, false, false>(st, a, rows_per_warp, warps, early);
-  if (swiglu) return gemv_by_rows<false, true, false>(st, a, rows_per_warp, warps, early);
-  return gemv_by_rows<false, false, false>(st, a, rows_per_warp, warps, early);
-}
-
-extern "C" int vs_gemv(vs_stream stream, const uint16_t *w, const uint16_t *x, void *y, int rows,
-                       int n_tokens, int k, int y_f32, int accumulate, int rows_per_warp,
-                       int warps, int k_split_max, int warps_per_sm, int early) {
-  return vs_gemv_fused(stream, w, x, NULL, NULL, 0.f, y, rows, n_tokens, k, y_f32, accumulate, 0,
-                       NULL, rows_per_warp, warps, k_split_max, warps_per_sm, early);
+  if (n && rope) return gemv_by_rows<true, false, true>(st, a, l);
+  if (rope) return gemv_by_rows<false, false, true>(st, a, l);
+  if (n && swiglu) return gemv_by_rows<true, true, false>(st, a, l);
+  if (n) return gemv_by_rows<true, false, false>(st, a, l);
+  if (swiglu) return gemv_by_rows<false, true, false>(st, a, l);
+  return gemv_by_rows<false, false, false>(st, a, l);
 }

@@ -2,8 +2,10 @@
 // products (cuBLAS). Launch shapes come from the Rust side (src/plan.rs).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <stdint.h>
 
+#include "early_launch.h"
 #include "launchers.h"
 
 typedef __nv_bfloat16 bf16;
@@ -30,8 +32,6 @@ static __device__ float block_sum(float v) {
   return warp_sum(v);
 }
 
-static int launched(void) { return (int)cudaGetLastError(); }
-
 static cudaStream_t as_stream(vs_stream s) { return (cudaStream_t)s; }
 
 // ---------------------------------------------------------------- embedding
@@ -40,6 +40,7 @@ static cudaStream_t as_stream(vs_stream s) { return (cudaStream_t)s; }
 // zero rows, and the all-reduce that follows sums the ranks' rows into the embedding.
 __global__ void embed_kernel(const int32_t *tokens, const bf16 *table, float *out, int dim,
                              int vocab_start, int vocab_rows) {
+  wait_previous();
   int local = tokens[blockIdx.x] - vocab_start;
   float2 *o = (float2 *)(out + (size_t)blockIdx.x * dim);
   if (local < 0 || local >= vocab_rows) {
@@ -52,11 +53,10 @@ __global__ void embed_kernel(const int32_t *tokens, const bf16 *table, float *ou
 
 extern "C" int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens,
                         const uint16_t *table, float *out, int dim, int vocab_start,
-                        int vocab_rows, int threads) {
+                        int vocab_rows, int threads, int early) {
   if (n_tokens == 0) return 0;
-  embed_kernel<<<n_tokens, threads, 0, as_stream(stream)>>>(tokens, (const bf16 *)table, out, dim,
-                                                            vocab_start, vocab_rows);
-  return launched();
+  return launch_kernel(embed_kernel, dim3(n_tokens), dim3(threads), 0, as_stream(stream), early,
+                       tokens, (const bf16 *)table, out, dim, vocab_start, vocab_rows);
 }
 
 // ---------------------------------------------------------------- RMSNorm
@@ -65,6 +65,7 @@ extern "C" int vs_embed(vs_stream stream, const int32_t *tokens, int n_tokens,
 // the f32 residual with beta = 1), so the norm reads the updated stream once.
 __global__ void rmsnorm_kernel(const float *resid, const int32_t *rows, const bf16 *weight,
                                bf16 *out, int dim, float eps) {
+  wait_previous();
   int r = rows ? rows[blockIdx.x] : blockIdx.x;
   const float4 *x = (const float4 *)(resid + (size_t)r * dim);
   float ss = 0.f;
@@ -85,23 +86,24 @@ __global__ void rmsnorm_kernel(const float *resid, const int32_t *rows, const bf
 
 extern "C" int vs_rmsnorm(vs_stream stream, const float *resid, const int32_t *rows, int n_rows,
                           const uint16_t *weight, uint16_t *out, int dim, float eps,
-                          int threads) {
+                          int threads, int early) {
   if (n_rows == 0) return 0;
   if (dim % 4 != 0) return (int)cudaErrorInvalidValue;
-  rmsnorm_kernel<<<n_rows, threads, 0, as_stream(stream)>>>(resid, rows, (const bf16 *)weight,
-                                                           (bf16 *)out, dim, eps);
-  return launched();
+  return launch_kernel(rmsnorm_kernel, dim3(n_rows), dim3(threads), 0, as_stream(stream), early,
+                       resid, rows, (const bf16 *)weight, (bf16 *)out, dim, eps);
 }
 
 // ---------------------------------------------------------------- RoPE + KV write
 
-__global__ void rope_kv_kernel(bf16 *qkv, const int32_t *positions, const int32_t *slots,
-                               const float2 *cos_sin, bf16 *k_cache, bf16 *v_cache,
-                               int n_heads, int n_kv, int hd, int bs) {
-  int t = blockIdx.x, half = hd / 2;
+__global__ void rope_kv_kernel(bf16 *qkv, vs_rope_kv_out p) {
+  wait_previous();
+  int t = blockIdx.x, hd = p.head_dim, half = hd / 2, n_heads = p.n_heads, n_kv = p.n_kv_heads;
   bf16 *row = qkv + (size_t)t * (n_heads + 2 * n_kv) * hd;
-  const float2 *cs = cos_sin + (size_t)positions[t] * half;
-  int slot = slots[t], block = slot / bs, off = slot % bs;
+  const float2 *cs = (const float2 *)p.cos_sin + (size_t)p.positions[t] * half;
+  int slot = p.slots[t], block = slot / p.block_size, off = slot % p.block_size;
+  size_t kv_row = ((size_t)block * n_kv * p.block_size + off) * hd;  // head 0's row
+  bf16 *k_cache = (bf16 *)p.k_cache + kv_row, *v_cache = (bf16 *)p.v_cache + kv_row;
+  size_t head_stride = (size_t)p.block_size * hd;
   // Pair j of a head is elements 2j and 2j + 1 (the interleaved rows the loader gives
   // q and k; the GEMV's fused epilogue pairs them the same way).
   for (int i = threadIdx.x; i < (n_heads + n_kv) * half; i += blockDim.x) {
@@ -112,24 +114,18 @@ __global__ void rope_kv_kernel(bf16 *qkv, const int32_t *positions, const int32_
     if (head < n_heads)
       *h = o;
     else
-      ((__nv_bfloat162 *)(k_cache + (((size_t)block * n_kv + (head - n_heads)) * bs + off) * hd))[j] = o;
+      ((__nv_bfloat162 *)(k_cache + (head - n_heads) * head_stride))[j] = o;
   }
   const bf16 *v = row + (n_heads + n_kv) * hd;
-  for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x) {
-    int head = i / hd, j = i % hd;
-    v_cache[(((size_t)block * n_kv + head) * bs + off) * hd + j] = v[i];
-  }
+  for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x)
+    v_cache[(i / hd) * head_stride + i % hd] = v[i];
 }
 
-extern "C" int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const int32_t *positions,
-                          const int32_t *slots, const float *cos_sin, uint16_t *k_cache,
-                          uint16_t *v_cache, int n_heads, int n_kv_heads, int head_dim,
-                          int block_size, int threads) {
+extern "C" int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const vs_rope_kv_out *out,
+                          int threads, int early) {
   if (n_tokens == 0) return 0;
-  rope_kv_kernel<<<n_tokens, threads, 0, as_stream(stream)>>>(
-      (bf16 *)qkv, positions, slots, (const float2 *)cos_sin, (bf16 *)k_cache, (bf16 *)v_cache,
-      n_heads, n_kv_heads, head_dim, block_size);
-  return launched();
+  return launch_kernel(rope_kv_kernel, dim3(n_tokens), dim3(threads), 0, as_stream(stream), early,
+                       (bf16 *)qkv, *out);
 }
 
 // ---------------------------------------------------------------- attention
@@ -165,6 +161,9 @@ static __device__ __forceinline__ void fold(float &m, float &l, float (&acc)[E],
 // are read once for the group); groups fold by shuffles, warps through shared memory.
 // splits == 1: the block writes the normalised bf16 output; else per (token, head, split)
 // the unnormalised sum (HD floats), then max and sum, for attention_merge_kernel.
+// Launched early (see early_launch.h), a block reads the step's inputs and prefetches its
+// first K/V rows into L2 while the kernel before it (which writes this step's q, k and v)
+// drains: that kernel's writes land in L2, so a prefetch cannot bring stale data.
 template <int HD, int G, int U>
 __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf16 *v_cache,
                                  const int32_t *block_tables, const int32_t *table_stride,
@@ -179,6 +178,22 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
   int ctx = q_ctx[t];
   int per = max((ctx + splits - 1) / splits, min_keys);
   int beg = min(ctx, s * per), end = min(ctx, beg + per);
+  const int32_t *table = block_tables + (size_t)q_seq[t] * *table_stride;
+  // Element offset of this lane's 16 bytes of position p's K (and V) row.
+  auto kv_offset = [&](int p) {
+    return (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + col;
+  };
+  int rows = warps * P;  // rows one load instruction of the block covers
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    int p = beg + warp * P + sub + u * rows;
+    if (p < end) {
+      size_t off = kv_offset(p);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + off));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(v_cache + off));
+    }
+  }
+  wait_previous();
   const bf16 *qrow = qkv + (size_t)t * (n_heads + 2 * n_kv) * HD + (size_t)kh * G * HD;
   float q[G][E], acc[G][E], m[G], l[G];
 #pragma unroll
@@ -192,8 +207,6 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
     m[g] = NEG_BIG;
     l[g] = 0.f;
   }
-  const int32_t *table = block_tables + (size_t)q_seq[t] * *table_stride;
-  int rows = warps * P;  // rows one load instruction of the block covers
   for (int it = beg; it < end; it += rows * U) {
     int base = it + warp * P + sub;  // this lane's first row of the iteration
     uint4 kr[U], vr[U];
@@ -202,7 +215,7 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
       int p = base + u * rows;
       kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
       if (p < end) {
-        size_t off = (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + col;
+        size_t off = kv_offset(p);
         kr[u] = *(const uint4 *)(k_cache + off);
         vr[u] = *(const uint4 *)(v_cache + off);
       }
@@ -288,19 +301,40 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
   }
 }
 
-// Merges the splits of one (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// Merges the splits of one (token, head), one thread a column d < hd: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// S (a power of two >= splits) makes every load of a thread independent: all of them are
+// in flight at once, one memory round trip instead of one per split.
+template <int S>
 __global__ void attention_merge_kernel(const float *partial, bf16 *out, int splits, int hd) {
-  int t = blockIdx.x, head = blockIdx.y, n_heads = gridDim.y;
+  int t = blockIdx.x, head = blockIdx.y, n_heads = gridDim.y, d = threadIdx.x;
+  wait_previous();
   const float *p = partial + ((size_t)t * n_heads + head) * splits * (hd + 2);
-  float mx = NEG_BIG;
-  for (int s = 0; s < splits; s++) mx = fmaxf(mx, p[s * (hd + 2) + hd]);
-  float den = 0.f;
-  for (int s = 0; s < splits; s++) den += __expf(p[s * (hd + 2) + hd] - mx) * p[s * (hd + 2) + hd + 1];
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float num = 0.f;
-    for (int s = 0; s < splits; s++) num += __expf(p[s * (hd + 2) + hd] - mx) * p[s * (hd + 2) + d];
-    out[((size_t)t * n_heads + head) * hd + d] = __float2bfloat16(den > 0.f ? num / den : 0.f);
+  float m[S], l[S], acc[S];
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    bool in = s < splits;
+    m[s] = in ? p[s * (hd + 2) + hd] : NEG_BIG;
+    l[s] = in ? p[s * (hd + 2) + hd + 1] : 0.f;
+    acc[s] = in ? p[s * (hd + 2) + d] : 0.f;
   }
+  float mx = NEG_BIG, den = 0.f, num = 0.f;
+#pragma unroll
+  for (int s = 0; s < S; s++) mx = fmaxf(mx, m[s]);
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    if (s >= splits) break;
+    float e = __expf(m[s] - mx);
+    den += e * l[s];
+    num += e * acc[s];
+  }
+  out[((size_t)t * n_heads + head) * hd + d] = __float2bfloat16(den > 0.f ? num / den : 0.f);
+}
+
+template <int S>
+static int merge_launch(cudaStream_t st, const float *partial, bf16 *out, int n_tokens,
+                        int n_heads, int splits, int hd, int early) {
+  return launch_kernel(attention_merge_kernel<S>, dim3(n_tokens, n_heads), dim3(hd), 0, st, early,
+                       partial, out, splits, hd);
 }
 
 // What one attention launch needs besides its template parameters.
@@ -310,17 +344,16 @@ struct AttnArgs {
   const int32_t *bt, *table_stride, *q_seq, *q_ctx;
   float *partial;
   bf16 *out;
-  int n_tokens, n_kv, bs, splits, min_keys, warps;
+  int n_tokens, n_kv, bs, splits, min_keys, warps, early;
 };
 
 template <int HD, int G, int U>
 static int attention_launch(const AttnArgs &a) {
   dim3 grid(a.n_tokens, a.n_kv, a.splits);
   size_t smem = (size_t)a.warps * G * (HD + 2) * sizeof(float);
-  attention_kernel<HD, G, U><<<grid, a.warps * 32, smem, a.st>>>(
-      a.qkv, a.kc, a.vc, a.bt, a.table_stride, a.q_seq, a.q_ctx, a.partial, a.out, a.n_kv, a.bs,
-      a.min_keys, rsqrtf((float)HD));
-  return launched();
+  return launch_kernel(attention_kernel<HD, G, U>, grid, dim3(a.warps * 32), smem, a.st, a.early,
+                       a.qkv, a.kc, a.vc, a.bt, a.table_stride, a.q_seq, a.q_ctx, a.partial, a.out,
+                       a.n_kv, a.bs, a.min_keys, rsqrtf((float)HD));
 }
 
 template <int HD, int G>
@@ -349,13 +382,14 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
                             const int32_t *block_tables, const int32_t *table_stride, const int32_t *q_seq,
                             const int32_t *q_ctx, float *partial, uint16_t *out, int n_heads,
                             int n_kv_heads, int head_dim, int block_size, int splits,
-                            int min_split_keys, int warps, int keys_in_flight) {
+                            int min_split_keys, int warps, int keys_in_flight, int early) {
   if (n_tokens == 0) return 0;
-  if (n_heads % n_kv_heads != 0 || splits < 1 || warps < 1 || warps > 32)
+  if (n_heads % n_kv_heads != 0 || splits < 1 || splits > 32 || warps < 1 || warps > 32)
     return (int)cudaErrorInvalidValue;
   AttnArgs a = {as_stream(stream), (const bf16 *)qkv, (const bf16 *)k_cache, (const bf16 *)v_cache,
                 block_tables, table_stride, q_seq, q_ctx, partial, (bf16 *)out, n_tokens,
-                n_kv_heads, block_size, splits, min_split_keys < 1 ? 1 : min_split_keys, warps};
+                n_kv_heads, block_size, splits, min_split_keys < 1 ? 1 : min_split_keys, warps,
+                early};
   int group = n_heads / n_kv_heads, rc;
   if (head_dim == 64)
     rc = attention_by_group<64>(a, group, keys_in_flight);
@@ -364,14 +398,18 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
   else
     return (int)cudaErrorInvalidValue;
   if (rc != 0 || splits == 1) return rc;
-  attention_merge_kernel<<<dim3(n_tokens, n_heads), head_dim, 0, a.st>>>(partial, (bf16 *)out,
-                                                                         splits, head_dim);
-  return launched();
+  const float *p = partial;
+  bf16 *o = (bf16 *)out;
+  if (splits <= 4) return merge_launch<4>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
+  if (splits <= 8) return merge_launch<8>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
+  if (splits <= 16) return merge_launch<16>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
+  return merge_launch<32>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
 }
 
 // ---------------------------------------------------------------- SwiGLU
 
 __global__ void swiglu_kernel(const bf16 *gate_up, bf16 *out, int ff) {
+  wait_previous();
   const __nv_bfloat162 *g = (const __nv_bfloat162 *)(gate_up + (size_t)blockIdx.y * 2 * ff);
   const __nv_bfloat162 *u = g + ff / 2;
   __nv_bfloat162 *o = (__nv_bfloat162 *)(out + (size_t)blockIdx.y * ff);
@@ -382,12 +420,12 @@ __global__ void swiglu_kernel(const bf16 *gate_up, bf16 *out, int ff) {
 }
 
 extern "C" int vs_swiglu(vs_stream stream, const uint16_t *gate_up, uint16_t *out, int n_tokens,
-                         int ff, int threads) {
+                         int ff, int threads, int early) {
   if (n_tokens == 0) return 0;
   if (ff % 2 != 0) return (int)cudaErrorInvalidValue;
   dim3 grid((ff / 2 + threads - 1) / threads, n_tokens);
-  swiglu_kernel<<<grid, threads, 0, as_stream(stream)>>>((const bf16 *)gate_up, (bf16 *)out, ff);
-  return launched();
+  return launch_kernel(swiglu_kernel, grid, dim3(threads), 0, as_stream(stream), early,
+                       (const bf16 *)gate_up, (bf16 *)out, ff);
 }
 
 // ---------------------------------------------------------------- token selection
@@ -400,28 +438,61 @@ static __device__ __forceinline__ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-__global__ void sample_kernel(const float *logits, int vocab, int vocab_start, const float *temps,
-                              const uint64_t *seeds, int32_t *out, float *out_score) {
+// The better of two (score, id): the higher score, the lower id on ties. The order in
+// which scans and reductions meet candidates does not change the winner.
+static __device__ __forceinline__ void keep_best(float &bv, int &bi, float v, int i) {
+  if (v > bv || (v == bv && i < bi)) {
+    bv = v;
+    bi = i;
+  }
+}
+
+// The block's best (score, id), in thread 0. blockDim.x a multiple of 32.
+static __device__ void block_best(float &bv, int &bi) {
   __shared__ float best_v[32];
   __shared__ int best_i[32];
-  const float *row = logits + (size_t)blockIdx.x * vocab;
-  float temp = temps[blockIdx.x];
-  uint64_t seed = seeds[blockIdx.x];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    keep_best(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (warps == 1) return;
+  if (lane == 0) {
+    best_v[warp] = bv;
+    best_i[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < warps; w++) keep_best(bv, bi, best_v[w], best_i[w]);
+}
+
+// First pass: block (r, part) scans its slice of logits row r (scores: the logits, or
+// with temps[r] > 0 the Gumbel-perturbed logits / temperature) and writes the slice's
+// best into part_score / part_id [r][part]. Many blocks a row: one block reading a
+// 128k vocabulary alone is limited to one multiprocessor's bandwidth.
+__global__ void sample_part_kernel(const float *logits, int vocab, int vocab_start,
+                                   const float *temps, const uint64_t *seeds, float *part_score,
+                                   int32_t *part_id) {
+  int r = blockIdx.x, part = blockIdx.y, parts = gridDim.y;
+  int per = (vocab + parts - 1) / parts, beg = min(vocab, part * per), end = min(vocab, beg + per);
+  const float *row = logits + (size_t)r * vocab;
+  float temp = temps[r];  // step inputs: readable before the wait
+  uint64_t seed = seeds[r];
+  wait_previous();
   float bv = -INFINITY;
-  int bi = 0;
-  // SAMPLE_LOADS logits loading at once per thread (one at a time, a 128k vocabulary
-  // is a chain of dependent loads: tens of microseconds a step).
-  for (int i0 = threadIdx.x; i0 < vocab; i0 += SAMPLE_LOADS * blockDim.x) {
+  int bi = beg;
+  // SAMPLE_LOADS logits loading at once per thread (one at a time, a long slice is a
+  // chain of dependent loads).
+  for (int i0 = beg + threadIdx.x; i0 < end; i0 += SAMPLE_LOADS * blockDim.x) {
     float vs[SAMPLE_LOADS];
 #pragma unroll
     for (int j = 0; j < SAMPLE_LOADS; j++) {
       int i = i0 + j * blockDim.x;
-      vs[j] = i < vocab ? row[i] : -INFINITY;
+      vs[j] = i < end ? row[i] : -INFINITY;
     }
 #pragma unroll
     for (int j = 0; j < SAMPLE_LOADS; j++) {
       int i = i0 + j * blockDim.x;
-      if (i >= vocab) break;
+      if (i >= end) break;
       float v = vs[j];
       if (temp > 0.f) {
         // Uniform in (0, 1) from the top 24 bits; Gumbel noise -log(-log(u)).
@@ -431,45 +502,42 @@ __global__ void sample_kernel(const float *logits, int vocab, int vocab_start, c
         float u = ((float)(mix64(seed ^ id * 0x9e3779b97f4a7c15ull) >> 40) + 0.5f) * (1.f / 16777216.f);
         v = v / temp - __logf(-__logf(u));
       }
-      // Ascending i within a thread: strict > keeps the first of equal values.
-      if (v > bv) {
-        bv = v;
-        bi = i;
-      }
+      keep_best(bv, bi, v, i);
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  if (lane == 0) {
-    best_v[warp] = bv;
-    best_i[warp] = bi;
-  }
-  __syncthreads();
+  block_best(bv, bi);
   if (threadIdx.x == 0) {
-    for (int w = 1; w < warps; w++)
-      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
-        bv = best_v[w];
-        bi = best_i[w];
-      }
-    out[blockIdx.x] = bi + vocab_start;
-    if (out_score) out_score[blockIdx.x] = bv;
+    part_score[(size_t)r * parts + part] = bv;
+    part_id[(size_t)r * parts + part] = bi;
+  }
+}
+
+// Second pass: one warp a row picks the best of the row's parts.
+__global__ void sample_pick_kernel(const float *part_score, const int32_t *part_id, int parts,
+                                   int vocab_start, int32_t *out, float *out_score) {
+  wait_previous();
+  int r = blockIdx.x;
+  float bv = -INFINITY;
+  int bi = INT_MAX;
+  for (int p = threadIdx.x; p < parts; p += blockDim.x)
+    keep_best(bv, bi, part_score[(size_t)r * parts + p], part_id[(size_t)r * parts + p]);
+  block_best(bv, bi);
+  if (threadIdx.x == 0) {
+    out[r] = bi + vocab_start;
+    if (out_score) out_score[r] = bv;
   }
 }
 
 extern "C" int vs_sample(vs_stream stream, const float *logits, int n_rows, int vocab,
-                         int vocab_start, const float *temps, const uint64_t *seeds, int32_t *out,
-                         float *out_score, int threads) {
+                         int vocab_start, const float *temps, const uint64_t *seeds,
+                         float *part_score, int32_t *part_id, int parts, int32_t *out,
+                         float *out_score, int threads, int early) {
   if (n_rows == 0) return 0;
-  if (threads % 32 != 0 || threads > 1024) return (int)cudaErrorInvalidValue;
-  sample_kernel<<<n_rows, threads, 0, as_stream(stream)>>>(logits, vocab, vocab_start, temps, seeds,
-                                                          out, out_score);
-  return launched();
+  if (threads % 32 != 0 || threads > 1024 || parts < 1) return (int)cudaErrorInvalidValue;
+  cudaStream_t st = as_stream(stream);
+  int rc = launch_kernel(sample_part_kernel, dim3(n_rows, parts), dim3(threads), 0, st, early,
+                         logits, vocab, vocab_start, temps, seeds, part_score, part_id);
+  if (rc != 0) return rc;
+  return launch_kernel(sample_pick_kernel, dim3(n_rows), dim3(32), 0, st, early, part_score,
+                       part_id, parts, vocab_start, out, out_score);
 }

@@ -23,12 +23,18 @@ pub const ATTN_TARGET_BLOCKS: usize = 528;
 pub const ATTN_MIN_SPLIT_KEYS: usize = 32;
 /// K and V rows each attention lane has loading at once (2, 4 or 8).
 pub const ATTN_KEYS_IN_FLIGHT: usize = 4;
+/// Launch the kernels other than the GEMV with programmatic dependent launch: they start
+/// while the kernel before them finishes (attention reads the step's inputs and warms
+/// L2 with K/V rows meanwhile).
+pub const CUDA_EARLY_LAUNCH: bool = true;
 /// Threads per RMSNorm block (one block per row).
 pub const CUDA_NORM_THREADS: usize = 256;
 /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).
 pub const CUDA_ELEMWISE_THREADS: usize = 256;
-/// Threads per token-selection block (one block scans one vocabulary row).
-pub const CUDA_SAMPLE_THREADS: usize = 1024;
+/// Threads per token-selection block.
+pub const CUDA_SAMPLE_THREADS: usize = 256;
+/// Blocks that scan one logits row in token selection (a slice of the vocabulary each).
+pub const CUDA_SAMPLE_PARTS: usize = 64;
 /// Logits each token-selection thread has loading at once (compiled in by build.rs).
 pub const CUDA_SAMPLE_LOADS: usize = 8;
 /// cuBLAS workspace, set once so that graph capture never allocates.

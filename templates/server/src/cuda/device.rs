@@ -20,6 +20,8 @@ pub struct Gpu {
     blas: cudarc::cublas::CudaBlas,
     /// cuBLAS workspace, set once so graph capture never allocates.
     _workspace: DevBuf,
+    /// How the GEMV kernel launches on this device.
+    gemv_launch: ffi::vs_gemv_launch,
 }
 
 impl Gpu {
@@ -68,11 +70,23 @@ impl Gpu {
             .result()
             .map_err(|e| CudaError::Blas(e.to_string()))?;
         }
+        let sm_count = ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(CudaError::driver)?;
+        let gemv_launch = ffi::vs_gemv_launch {
+            rows_per_warp: plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
+            warps: plan_cuda::CUDA_GEMV_WARPS as i32,
+            k_split_max: plan_cuda::CUDA_GEMV_K_SPLIT_MAX as i32,
+            warps_per_sm: plan_cuda::CUDA_GEMV_WARPS_PER_SM as i32,
+            sm_count,
+            early: plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
+        };
         Ok(Self {
             ctx,
             stream,
             blas,
             _workspace: workspace,
+            gemv_launch,
         })
     }
 
@@ -103,24 +117,15 @@ impl Gpu {
         accumulate: bool,
     ) -> Result<(), CudaError> {
         if gemv_takes(w, x, n, k) {
-            // SAFETY: as for cuBLAS below; gemv_takes checked the kernel's shape limits.
-            return check("gemv", unsafe {
-                ffi::vs_gemv(
-                    self.raw_stream(),
-                    w as *const u16,
-                    x as *const u16,
-                    y as *mut c_void,
-                    m as i32,
-                    n as i32,
-                    k as i32,
-                    y_f32.into(),
-                    accumulate.into(),
-                    plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
-                    plan_cuda::CUDA_GEMV_WARPS as i32,
-                    plan_cuda::CUDA_GEMV_K_SPLIT_MAX as i32,
-                    plan_cuda::CUDA_GEMV_WARPS_PER_SM as i32,
-                    plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
-                )
+            return self.gemv(&Gemv {
+                w,
+                x: GemvInput::Bf16(x),
+                y,
+                rows: m,
+                n,
+                k,
+                out: if y_f32 { GemvOut::F32 } else { GemvOut::Bf16 },
+                accumulate,
             });
         }
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
@@ -163,15 +168,8 @@ impl Gpu {
         .map_err(|e| CudaError::Blas(e.to_string()))
     }
 
-    /// Whether a product of `n` tokens over `k` inputs can run the GEMV kernel, with or
-    /// without its fusions ([`Gpu::gemv`]): few enough tokens for the plan, rows of
-    /// whole 16-byte chunks.
-    pub fn gemv_fits(&self, n: usize, k: usize) -> bool {
-        gemv_fits(n, k)
-    }
-
-    /// Runs `p` on the GEMV kernel with its fusions (the caller checked
-    /// [`Gpu::gemv_fits`]; operands must be 16-byte aligned).
+    /// Runs `p` on the GEMV kernel with its fusions (the caller checked [`gemv_fits`];
+    /// operands must be 16-byte aligned).
     pub fn gemv(&self, p: &Gemv) -> Result<(), CudaError> {
         let (x, x_rows, norm, eps) = match p.x {
             GemvInput::Bf16(x) => (x, std::ptr::null(), 0, 0.0),
@@ -182,24 +180,14 @@ impl Gpu {
                 eps,
             } => (resid, rows_of, weight, eps),
         };
-        let rope = match p.out {
-            GemvOut::RopeKv(r) => Some(ffi::vs_rope_kv_out {
-                positions: r.positions,
-                slots: r.slots,
-                cos_sin: r.cos_sin as *const f32,
-                k_cache: r.k_cache as *mut u16,
-                v_cache: r.v_cache as *mut u16,
-                n_heads: r.n_heads as i32,
-                n_kv_heads: r.n_kv_heads as i32,
-                head_dim: r.head_dim as i32,
-                block_size: r.block_size as i32,
-            }),
-            _ => None,
+        let rope = match &p.out {
+            GemvOut::RopeKv(r) => r as *const ffi::vs_rope_kv_out,
+            _ => std::ptr::null(),
         };
         // SAFETY: the pointers are live device buffers of the stated shapes (callers size
         // them from the same config); the launcher refuses shapes the kernel cannot take.
         check("gemv", unsafe {
-            ffi::vs_gemv_fused(
+            ffi::vs_gemv(
                 self.raw_stream(),
                 p.w as *const u16,
                 x as *const c_void,
@@ -210,15 +198,11 @@ impl Gpu {
                 p.rows as i32,
                 p.n as i32,
                 p.k as i32,
-                (p.out == GemvOut::F32).into(),
-                0,
-                (p.out == GemvOut::SwiGlu).into(),
-                rope.as_ref().map_or(std::ptr::null(), |r| r as *const _),
-                plan_cuda::CUDA_GEMV_ROWS_PER_WARP as i32,
-                plan_cuda::CUDA_GEMV_WARPS as i32,
-                plan_cuda::CUDA_GEMV_K_SPLIT_MAX as i32,
-                plan_cuda::CUDA_GEMV_WARPS_PER_SM as i32,
-                plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
+                matches!(p.out, GemvOut::F32).into(),
+                p.accumulate.into(),
+                matches!(p.out, GemvOut::SwiGlu).into(),
+                rope,
+                &self.gemv_launch,
             )
         })
     }
@@ -263,7 +247,7 @@ pub enum GemvInput {
 }
 
 /// What a fused GEMV writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum GemvOut {
     /// bf16 `[n][rows]`.
     Bf16,
@@ -275,35 +259,12 @@ pub enum GemvOut {
     /// The q/k/v rows of a layer with RoPE and the K/V cache write in the epilogue:
     /// rotated q into bf16 `[n][rows]` (its k and v columns unwritten), rotated k and v
     /// into the caches. Needs an even `CUDA_GEMV_ROWS_PER_WARP` ([`rope_fits`]).
-    RopeKv(RopeKv),
+    RopeKv(ffi::vs_rope_kv_out),
 }
 
 /// Whether the GEMV's rows per warp hold whole RoPE pairs, so it can take the RoPE in.
 pub const fn rope_fits() -> bool {
     plan_cuda::CUDA_GEMV_ROWS_PER_WARP.is_multiple_of(2)
-}
-
-/// Where a [`GemvOut::RopeKv`] product's rows go (as `vs_rope_kv`'s arguments).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RopeKv {
-    /// Position of each token (a device array).
-    pub positions: *const i32,
-    /// Cache slot of each token: block `slot / block_size`, offset `slot % block_size`.
-    pub slots: *const i32,
-    /// The `[position][head_dim / 2]` (cos, sin) f32 table.
-    pub cos_sin: u64,
-    /// This layer's K cache, `[block][kv_head][offset][head_dim]` bf16.
-    pub k_cache: u64,
-    /// This layer's V cache, laid out as the K cache.
-    pub v_cache: u64,
-    /// q heads.
-    pub n_heads: usize,
-    /// k (and v) heads.
-    pub n_kv_heads: usize,
-    /// Elements per head.
-    pub head_dim: usize,
-    /// Positions per cache block.
-    pub block_size: usize,
 }
 
 /// One product on the GEMV kernel: `y[n, rows] = x[n, k] · w[rows, k]ᵀ` with the fusions
@@ -324,6 +285,9 @@ pub struct Gemv {
     pub k: usize,
     /// What is written.
     pub out: GemvOut,
+    /// Add to what `y` holds ([`GemvOut::F32`] or [`GemvOut::Bf16`] only): the residual
+    /// add of o_proj and down_proj.
+    pub accumulate: bool,
 }
 
 /// Whether a product of `n` tokens over `k` inputs runs the hand-written GEMV: few enough
@@ -332,8 +296,10 @@ fn gemv_takes(w: u64, x: u64, n: usize, k: usize) -> bool {
     gemv_fits(n, k) && (w | x).is_multiple_of(16)
 }
 
-/// Whether the plan sends `n` tokens to the GEMV and `k` is whole 16-byte chunks.
-fn gemv_fits(n: usize, k: usize) -> bool {
+/// Whether a product of `n` tokens over `k` inputs can run the GEMV kernel, with or
+/// without its fusions ([`Gpu::gemv`]): few enough tokens for the plan, rows of whole
+/// 16-byte chunks.
+pub fn gemv_fits(n: usize, k: usize) -> bool {
     n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(GEMV_KERNEL_MAX_TOKENS) && k.is_multiple_of(8)
 }
 

@@ -1,6 +1,7 @@
-//! The Llama forward pass on the GPU: fixed device buffers sized for the largest step,
-//! one enqueue of every kernel and product of a step, and CUDA graphs of the decode
-//! step per batch-size bucket (so a decode step is one graph launch, not ~150 launches).
+//! The Llama model on the GPU: fixed device buffers sized for the largest step, the
+//! step's inputs packed and uploaded, the forward pass enqueued ([`forward`]), and CUDA
+//! graphs of the decode step per batch-size bucket (so a decode step is one graph
+//! launch, not ~150 launches).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,16 +13,17 @@ use cudarc::driver::{CudaGraph, CudaStream, sys as drv_sys};
 use super::CudaError;
 use super::comm::Comm;
 use super::config::HfConfig;
-use super::device::{DevBuf, Gemv, GemvInput, GemvOut, Gpu, RopeKv, check, rope_fits};
-use super::ffi;
+use super::device::{DevBuf, Gpu};
 use super::oneshot::PeerSum;
-use super::overlap::{CommChoice, SideStream, parts};
+use super::overlap::{CommChoice, SideStream};
 use super::step::Layout;
 pub use super::step::StepInput;
 use super::weights::Weights;
 use crate::plan_cuda::AllReduce;
 use crate::shard::Shard;
 use crate::{plan, plan_cuda};
+
+mod forward;
 
 /// Activations and step inputs on the device, sized for `max_tokens`.
 struct Buffers {
@@ -36,6 +38,9 @@ struct Buffers {
     ff: DevBuf,
     partial: DevBuf,
     logits: DevBuf,
+    /// Each logits row's best token of every token-selection part (score, then id).
+    part_score: DevBuf,
+    part_id: DevBuf,
     sampled: DevBuf,
     scores: DevBuf,
     rope: DevBuf,
@@ -111,14 +116,18 @@ fn partial_floats(c: &HfConfig) -> usize {
     c.head_dim() + 2
 }
 
+/// Most parts the merge kernel takes (its largest instantiation).
+const ATTN_KERNEL_MAX_SPLITS: usize = 32;
+
 /// Parts the attention of a step of `n_tokens` over `kv_heads` KV heads splits each
 /// context into: enough for `ATTN_TARGET_BLOCKS` blocks, at most `ATTN_SPLITS`, so wide
 /// batches take one part (no partial sums, no merge kernel).
 fn attention_splits(n_tokens: usize, kv_heads: usize) -> usize {
     let blocks = (n_tokens * kv_heads).max(1);
+    let most = plan_cuda::ATTN_SPLITS.clamp(1, ATTN_KERNEL_MAX_SPLITS);
     plan_cuda::ATTN_TARGET_BLOCKS
         .div_ceil(blocks)
-        .clamp(1, plan_cuda::ATTN_SPLITS.max(1))
+        .clamp(1, most)
 }
 
 /// Floats of attention partials the largest split step of up to `max_tokens` needs.
@@ -177,6 +186,8 @@ impl CudaLlama {
             ff: DevBuf::new(m * c.intermediate_size * 2)?,
             partial: DevBuf::new(partial_len(c, m) * 4)?,
             logits: DevBuf::new(m * c.vocab_size * 4)?,
+            part_score: DevBuf::new(m * plan_cuda::CUDA_SAMPLE_PARTS * 4)?,
+            part_id: DevBuf::new(m * plan_cuda::CUDA_SAMPLE_PARTS * 4)?,
             sampled: DevBuf::zeroed(m * 4)?,
             scores: DevBuf::zeroed(m * 4)?,
             rope,
@@ -439,321 +450,5 @@ impl CudaLlama {
             .map_err(CudaError::driver)?;
         enqueued?;
         graph.ok_or_else(|| CudaError::Model("graph capture recorded nothing".into()))
-    }
-
-    /// Input section `offset` as a device pointer.
-    fn input(&self, offset: usize) -> *const i32 {
-        (self.buf.input.ptr + 4 * offset as u64) as *const i32
-    }
-
-    /// Enqueues a whole forward pass of `n` tokens with `n_logits` logits rows.
-    fn enqueue(&self, n: usize, n_logits: usize) -> Result<(), CudaError> {
-        let (c, b, g) = (&self.local, &self.buf, &self.gpu);
-        let st = g.raw_stream();
-        // SAFETY (every launcher call in this file): the buffers were sized in `load` for
-        // max_tokens ≥ n rows of this config, and the input sections were uploaded by `pack`.
-        check("embed", unsafe {
-            ffi::vs_embed(
-                st,
-                self.input(self.layout.tokens),
-                n as i32,
-                b.ptr_u16(&self.weights.embed),
-                b.resid.ptr as *mut f32,
-                c.hidden_size as i32,
-                self.vocab_start as i32,
-                c.vocab_size as i32,
-                plan_cuda::CUDA_ELEMWISE_THREADS as i32,
-            )
-        })?;
-        self.all_reduce(&g.stream, b.resid.ptr, n * c.hidden_size)?;
-        // With overlap, a step of several tokens runs as two halves of rows: one half's
-        // all-reduce (side stream) runs while the other half's products compute.
-        let parts = parts(n, self.side.is_some());
-        for layer in 0..self.weights.layers.len() {
-            self.layer(layer, n, &parts)?;
-        }
-        for part in 0..parts.len() {
-            self.join(part)?;
-        }
-        if n_logits == 0 {
-            return Ok(());
-        }
-        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        self.normed_product(
-            &self.weights.norm,
-            self.input(self.layout.logit_rows),
-            0..n_logits,
-            Product {
-                w: head.ptr,
-                y: b.logits.ptr,
-                rows: c.vocab_size,
-                out: GemvOut::F32,
-            },
-        )?;
-        check("sample", unsafe {
-            ffi::vs_sample(
-                st,
-                b.logits.ptr as *const f32,
-                n_logits as i32,
-                c.vocab_size as i32,
-                self.vocab_start as i32,
-                b.temps.ptr as *const f32,
-                b.seeds.ptr as *const u64,
-                b.sampled.ptr as *mut i32,
-                b.scores.ptr as *mut f32,
-                plan_cuda::CUDA_SAMPLE_THREADS as i32,
-            )
-        })
-    }
-
-    /// Enqueues layer `layer` for `n` tokens run as `parts` (row ranges). Row-parallel
-    /// products: rank 0 adds its partial sum to the residual, the others write theirs
-    /// alone, and the all-reduce of the residual sums them.
-    fn layer(&self, layer: usize, n: usize, parts: &[Range<usize>]) -> Result<(), CudaError> {
-        let (c, b, g) = (&self.local, &self.buf, &self.gpu);
-        let w = &self.weights.layers[layer];
-        let (d, ff, first) = (c.hidden_size, c.intermediate_size, self.shard.rank == 0);
-        let heads = c.num_attention_heads * c.head_dim();
-        // Bytes of one row of each activation (offsets of a half's rows).
-        let (qkv, attn, gu, ffr, res) = (c.qkv_dim() * 2, heads * 2, 4 * ff, ff * 2, d * 4);
-        for (part, rows) in parts.iter().enumerate() {
-            self.join(part)?;
-            // RoPE and the K/V write in the qkv GEMV's epilogue when it runs the GEMV
-            // with whole rotation pairs a warp, else the rope_kv kernel.
-            let rope = self.rope_out(layer, rows);
-            let fused = plan_cuda::CUDA_GEMV_FUSE_ROPE && rope_fits() && g.gemv_fits(rows.len(), d);
-            let qkv_product = Product {
-                w: w.wqkv.ptr,
-                y: b.qkv.at(rows.start * qkv),
-                rows: c.qkv_dim(),
-                out: if fused {
-                    GemvOut::RopeKv(rope)
-                } else {
-                    GemvOut::Bf16
-                },
-            };
-            self.normed_product(&w.attn_norm, std::ptr::null(), rows.clone(), qkv_product)?;
-            if !fused {
-                self.rope_kv(&rope, rows)?;
-            }
-        }
-        // Every half's K/V is in the cache before any query attends (a prefill chunk's
-        // later rows attend to its earlier ones).
-        self.attention(layer, n)?;
-        for (part, rows) in parts.iter().enumerate() {
-            let (r, m) = (rows.start, rows.len());
-            g.gemm(
-                w.wo.ptr,
-                b.attn.at(r * attn),
-                b.resid.at(r * res),
-                d,
-                m,
-                heads,
-                true,
-                first,
-            )?;
-            self.sum_rows(part, parts.len(), rows)?;
-        }
-        for (part, rows) in parts.iter().enumerate() {
-            self.join(part)?;
-            let (r, m) = (rows.start, rows.len());
-            // SwiGLU in the gate_up GEMV's epilogue when it runs the GEMV, else its own kernel.
-            let fused = plan_cuda::CUDA_GEMV_FUSE_SWIGLU && g.gemv_fits(m, d);
-            let gate_up = Product {
-                w: w.w_gate_up.ptr,
-                y: if fused {
-                    b.ff.at(r * ffr)
-                } else {
-                    b.gate_up.at(r * gu)
-                },
-                rows: if fused { ff } else { 2 * ff },
-                out: if fused {
-                    GemvOut::SwiGlu
-                } else {
-                    GemvOut::Bf16
-                },
-            };
-            self.normed_product(&w.ffn_norm, std::ptr::null(), rows.clone(), gate_up)?;
-            if !fused {
-                check("swiglu", unsafe {
-                    ffi::vs_swiglu(
-                        g.raw_stream(),
-                        b.gate_up.at(r * gu) as *const u16,
-                        b.ff.at(r * ffr) as *mut u16,
-                        m as i32,
-                        ff as i32,
-                        plan_cuda::CUDA_ELEMWISE_THREADS as i32,
-                    )
-                })?;
-            }
-            g.gemm(
-                w.w_down.ptr,
-                b.ff.at(r * ffr),
-                b.resid.at(r * res),
-                d,
-                m,
-                ff,
-                true,
-                first,
-            )?;
-            self.sum_rows(part, parts.len(), rows)?;
-        }
-        Ok(())
-    }
-
-    /// `p` of the RMSNorm (weight `norm`) of residual rows (`rows` and `rows_of` as in
-    /// [`CudaLlama::rmsnorm`]): one GEMV that normalises as it reads when the plan fuses
-    /// the norm and the product fits the GEMV, else the norm kernel into `xb`, then the
-    /// product (a SwiGLU or RoPE output always goes to the GEMV: its caller checked it
-    /// fits).
-    fn normed_product(
-        &self,
-        norm: &DevBuf,
-        rows_of: *const i32,
-        rows: Range<usize>,
-        p: Product,
-    ) -> Result<(), CudaError> {
-        let (g, d, n) = (&self.gpu, self.config.hidden_size, rows.len());
-        let gemv = |x| Gemv {
-            w: p.w,
-            x,
-            y: p.y,
-            rows: p.rows,
-            n,
-            k: d,
-            out: p.out,
-        };
-        if plan_cuda::CUDA_GEMV_FUSE_NORM && g.gemv_fits(n, d) {
-            return g.gemv(&gemv(GemvInput::Normed {
-                resid: self.buf.resid.at(rows.start * d * 4),
-                rows_of,
-                weight: norm.ptr,
-                eps: self.config.rms_norm_eps,
-            }));
-        }
-        self.rmsnorm(norm, rows_of, rows.clone())?;
-        let xb = self.buf.xb.at(rows.start * d * 2);
-        match p.out {
-            GemvOut::SwiGlu | GemvOut::RopeKv(_) => g.gemv(&gemv(GemvInput::Bf16(xb))),
-            out => g.gemm(p.w, xb, p.y, p.rows, n, d, out == GemvOut::F32, false),
-        }
-    }
-
-    /// RMSNorm of residual rows into the same rows of `xb`: `rows_of` null, the rows
-    /// `rows`; else rows `rows_of[i]` into row i, for i in `rows` (from 0).
-    fn rmsnorm(
-        &self,
-        weight: &DevBuf,
-        rows_of: *const i32,
-        rows: Range<usize>,
-    ) -> Result<(), CudaError> {
-        let (b, d) = (&self.buf, self.config.hidden_size);
-        check("rmsnorm", unsafe {
-            ffi::vs_rmsnorm(
-                self.gpu.raw_stream(),
-                b.resid.at(rows.start * d * 4) as *const f32,
-                rows_of,
-                rows.len() as i32,
-                weight.ptr as *const u16,
-                b.xb.at(rows.start * d * 2) as *mut u16,
-                d as i32,
-                self.config.rms_norm_eps,
-                plan_cuda::CUDA_NORM_THREADS as i32,
-            )
-        })
-    }
-
-    /// Where RoPE sends the q/k/v of `rows` in layer `layer`: their positions and cache
-    /// slots, the rope table, the layer's caches.
-    fn rope_out(&self, layer: usize, rows: &Range<usize>) -> RopeKv {
-        let (c, b, l) = (&self.local, &self.buf, &self.layout);
-        RopeKv {
-            positions: self.input(l.positions + rows.start),
-            slots: self.input(l.slots + rows.start),
-            cos_sin: b.rope.ptr,
-            k_cache: b.k_cache.at(layer * self.layer_cache_bytes),
-            v_cache: b.v_cache.at(layer * self.layer_cache_bytes),
-            n_heads: c.num_attention_heads,
-            n_kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim(),
-            block_size: plan::KV_BLOCK_SIZE,
-        }
-    }
-
-    /// RoPE of the q and k heads of `rows` and their K/V into the caches of `r`
-    /// (the rope_kv kernel, for products the GEMV epilogue does not take).
-    fn rope_kv(&self, r: &RopeKv, rows: &Range<usize>) -> Result<(), CudaError> {
-        let qkv = self.buf.qkv.at(rows.start * self.local.qkv_dim() * 2);
-        // SAFETY: see `enqueue`; the cache holds KV_BLOCKS + 1 blocks and `pack` checked
-        // every block id came from a table the scheduler reserved.
-        check("rope_kv", unsafe {
-            ffi::vs_rope_kv(
-                self.gpu.raw_stream(),
-                qkv as *mut u16,
-                rows.len() as i32,
-                r.positions,
-                r.slots,
-                r.cos_sin as *const f32,
-                r.k_cache as *mut u16,
-                r.v_cache as *mut u16,
-                r.n_heads as i32,
-                r.n_kv_heads as i32,
-                r.head_dim as i32,
-                r.block_size as i32,
-                plan_cuda::CUDA_ELEMWISE_THREADS as i32,
-            )
-        })
-    }
-
-    /// Attention of layer `layer` for `n` tokens (their K/V already in the cache).
-    fn attention(&self, layer: usize, n: usize) -> Result<(), CudaError> {
-        let (c, b, st) = (&self.local, &self.buf, self.gpu.raw_stream());
-        let kc = b.k_cache.at(layer * self.layer_cache_bytes);
-        let vc = b.v_cache.at(layer * self.layer_cache_bytes);
-        let (h, kvh, hd, bs) = (
-            c.num_attention_heads as i32,
-            c.num_key_value_heads as i32,
-            c.head_dim() as i32,
-            plan::KV_BLOCK_SIZE as i32,
-        );
-        let l = &self.layout;
-        check("attention", unsafe {
-            ffi::vs_attention(
-                st,
-                b.qkv.ptr as *const u16,
-                n as i32,
-                kc as *const u16,
-                vc as *const u16,
-                self.input(l.tables),
-                self.input(l.stride),
-                self.input(l.q_seq),
-                self.input(l.q_ctx),
-                b.partial.ptr as *mut f32,
-                b.attn.ptr as *mut u16,
-                h,
-                kvh,
-                hd,
-                bs,
-                attention_splits(n, c.num_key_value_heads) as i32,
-                plan_cuda::ATTN_MIN_SPLIT_KEYS as i32,
-                plan_cuda::ATTN_WARPS as i32,
-                plan_cuda::ATTN_KEYS_IN_FLIGHT as i32,
-            )
-        })
-    }
-}
-
-/// A product that follows an RMSNorm: its weight, output, output rows and kind.
-#[derive(Clone, Copy)]
-struct Product {
-    w: u64,
-    y: u64,
-    rows: usize,
-    out: GemvOut,
-}
-
-impl Buffers {
-    fn ptr_u16(&self, buf: &DevBuf) -> *const u16 {
-        buf.ptr as *const u16
     }
 }

@@ -171,6 +171,7 @@ impl PeerSum {
                 blocks as i32,
                 ONE_SHOT_THREADS as i32,
                 i32::from(self.push),
+                plan_cuda::CUDA_EARLY_LAUNCH.into(),
             )
         })
     }
