@@ -20,6 +20,12 @@ typedef __nv_bfloat16 bf16;
 #ifndef GEMV_UNROLL
 #error "build.rs passes -DGEMV_UNROLL (the plan's CUDA_GEMV_UNROLL)"
 #endif
+// Products of at most this many tokens let the next kernel launch at their start (the
+// plan's CUDA_GEMV_EARLY_TRIGGER_MAX_TOKENS, passed by build.rs; see early_launch.h).
+// Wider ones do not: the next kernel's waiting blocks then cost more than they hide.
+#ifndef GEMV_EARLY_TRIGGER_MAX_TOKENS
+#error "build.rs passes -DGEMV_EARLY_TRIGGER_MAX_TOKENS"
+#endif
 // Most warps a block has.
 #define GEMV_MAX_WARPS 32
 
@@ -105,6 +111,15 @@ static __device__ __forceinline__ void rope_kv_store(const GemvArgs &a, int t, i
   *(__nv_bfloat162 *)dst = __floats2bfloat162_rn(x1, x2);
 }
 
+// Weight rows one warp streams: its R output rows, and with SWIGLU their up rows too.
+template <int R, bool SWIGLU>
+__host__ __device__ constexpr int gemv_streams() { return SWIGLU ? 2 * R : R; }
+
+// Floats of one warp's k-split partials in shared memory: a sum per (stream, token),
+// then a sum of squares per token.
+template <int T, int R, bool SWIGLU>
+__host__ __device__ constexpr int gemv_part_floats() { return gemv_streams<R, SWIGLU>() * T + T; }
+
 // T: the most tokens (n_tokens <= T); R: output rows per warp. k8 = k / 8 chunks a row.
 // NORM: x is the f32 residual and the product is of RMSNorm(x): the warp sums x^2 per
 // token while it streams x (it reads every x anyway), multiplies by the norm weight on
@@ -119,12 +134,12 @@ static __device__ __forceinline__ void rope_kv_store(const GemvArgs &a, int t, i
 template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
 __global__ void gemv_kernel(GemvArgs a) {
   // Weight rows a warp streams; the loads in flight per lane stay GEMV_UNROLL * R.
-  constexpr int S = SWIGLU ? 2 * R : R;
+  constexpr int S = gemv_streams<R, SWIGLU>();
   constexpr int U = GEMV_UNROLL * R / S;
   // k split: each warp's partial sums (S * T products, T sums of squares), sized by the
   // launch for the block's warps.
   extern __shared__ float part[];
-  constexpr int PART = S * T + T;
+  constexpr int PART = gemv_part_floats<T, R, SWIGLU>();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % a.k_split;
   const int row0 = (blockIdx.x * ((blockDim.x >> 5) / a.k_split) + warp / a.k_split) * R;
@@ -157,7 +172,7 @@ __global__ void gemv_kernel(GemvArgs a) {
     // so far; the token vectors (and y) are the previous kernel's output: wait for it.
     // Without the early launch this returns at once.
     if (!waited) {
-      wait_previous();
+      wait_previous(a.n_tokens <= GEMV_EARLY_TRIGGER_MAX_TOKENS);
       waited = true;
 #pragma unroll
       for (int t = 0; t < T; t++)
@@ -208,7 +223,7 @@ __global__ void gemv_kernel(GemvArgs a) {
 #pragma unroll
       for (int s = 0; s < S; s++) acc[s][t] += __shfl_xor_sync(0xffffffffu, acc[s][t], o);
     }
-  if (!waited) wait_previous();
+  if (!waited) wait_previous(a.n_tokens <= GEMV_EARLY_TRIGGER_MAX_TOKENS);
   if (a.k_split > 1) {
     if (lane == 0) {
 #pragma unroll
@@ -266,9 +281,8 @@ __global__ void gemv_kernel(GemvArgs a) {
 // first weights) while the previous kernel on the stream drains, instead of after it.
 template <int T, int R, bool NORM, bool SWIGLU, bool ROPE>
 static int gemv_launch(cudaStream_t st, const GemvArgs &a, const vs_gemv_launch &l) {
-  constexpr int S = SWIGLU ? 2 * R : R;
   int row_warps = (a.rows + R - 1) / R, groups = l.warps / a.k_split;
-  size_t smem = a.k_split > 1 ? (size_t)l.warps * (S * T + T) * sizeof(float) : 0;
+  size_t smem = a.k_split > 1 ? (size_t)l.warps * gemv_part_floats<T, R, SWIGLU>() * sizeof(float) : 0;
   return launch_kernel(gemv_kernel<T, R, NORM, SWIGLU, ROPE>, dim3((row_warps + groups - 1) / groups),
                        dim3(l.warps * 32), smem, st, l.early, a);
 }
@@ -314,7 +328,7 @@ extern "C" int vs_gemv(vs_stream stream, const uint16_t *w, const void *x, const
   if (n_tokens == 0 || rows == 0) return 0;
   const vs_gemv_launch &l = *launch;
   // Shapes the kernel cannot take are refused (the caller falls back to cuBLAS).
-  if (n_tokens > 8 || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x | (uintptr_t)norm) % 16 != 0 ||
+  if (n_tokens > VS_GEMV_MAX_TOKENS || k % 8 != 0 || ((uintptr_t)w | (uintptr_t)x | (uintptr_t)norm) % 16 != 0 ||
       ((swiglu || rope) && (y_f32 || accumulate)) || (swiglu && rope) || l.warps < 1 ||
       l.warps > GEMV_MAX_WARPS || l.rows_per_warp < 1 || l.sm_count < 1)
     return (int)cudaErrorInvalidValue;

@@ -384,7 +384,7 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
                             int n_kv_heads, int head_dim, int block_size, int splits,
                             int min_split_keys, int warps, int keys_in_flight, int early) {
   if (n_tokens == 0) return 0;
-  if (n_heads % n_kv_heads != 0 || splits < 1 || splits > 32 || warps < 1 || warps > 32)
+  if (n_heads % n_kv_heads != 0 || splits < 1 || splits > VS_ATTN_MAX_SPLITS || warps < 1 || warps > 32)
     return (int)cudaErrorInvalidValue;
   AttnArgs a = {as_stream(stream), (const bf16 *)qkv, (const bf16 *)k_cache, (const bf16 *)v_cache,
                 block_tables, table_stride, q_seq, q_ctx, partial, (bf16 *)out, n_tokens,
@@ -403,7 +403,7 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
   if (splits <= 4) return merge_launch<4>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
   if (splits <= 8) return merge_launch<8>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
   if (splits <= 16) return merge_launch<16>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
-  return merge_launch<32>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
+  return merge_launch<VS_ATTN_MAX_SPLITS>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
 }
 
 // ---------------------------------------------------------------- SwiGLU

@@ -14,6 +14,11 @@ extern "C" {
 
 typedef void *vs_stream;
 
+/* Most parts vs_attention splits a context into (the merge kernel's largest instance). */
+#define VS_ATTN_MAX_SPLITS 32
+/* Most tokens vs_gemv takes (its largest instance). */
+#define VS_GEMV_MAX_TOKENS 8
+
 /* out[t, :] = float(table[tokens[t] - vocab_start, :]) for t < n_tokens (the f32 residual
  * stream); zeros where tokens[t] is outside vocab_start..vocab_start+vocab_rows (a
  * tensor-parallel rank's slice of the table). */
@@ -52,7 +57,7 @@ int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const vs_rope_kv_o
  * cache (block table row q_seq[t] of `block_tables`, whose rows are *table_stride wide:
  * read on the device, so a captured graph serves any table length), into out
  * [t, n_heads*head_dim] (bf16). q is read from the qkv rows. The context is cut into
- * `splits` (at most 32) parts of at least `min_split_keys` positions (flash-decoding;
+ * `splits` (at most VS_ATTN_MAX_SPLITS) parts of at least `min_split_keys` positions (flash-decoding;
  * parts past the context stay empty); splits > 1 also runs a merge kernel, and `partial`
  * must hold n_tokens*n_heads*splits*(head_dim+2) floats (unused when splits == 1). Blocks
  * of `warps` warps; each lane has `keys_in_flight` (2, 4 or 8) K and V rows loading at

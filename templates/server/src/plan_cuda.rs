@@ -27,6 +27,11 @@ pub const ATTN_KEYS_IN_FLIGHT: usize = 4;
 /// while the kernel before them finishes (attention reads the step's inputs and warms
 /// L2 with K/V rows meanwhile).
 pub const CUDA_EARLY_LAUNCH: bool = true;
+/// The hand-written kernels other than the GEMV let the next kernel launch as soon as
+/// all their blocks have started (compiled in by build.rs), not when they end: an
+/// early-launched kernel's blocks then do their early work (a GEMV's first weight loads)
+/// during this one's tail.
+pub const CUDA_EARLY_TRIGGER: bool = true;
 /// Threads per RMSNorm block (one block per row).
 pub const CUDA_NORM_THREADS: usize = 256;
 /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).
@@ -57,6 +62,10 @@ pub const CUDA_GEMV_WARPS_PER_SM: usize = 24;
 /// Launch the GEMV early (programmatic dependent launch): it streams weights while the
 /// previous kernel finishes.
 pub const CUDA_GEMV_EARLY_LAUNCH: bool = true;
+/// GEMV products of at most this many tokens let the next kernel launch as soon as all
+/// their blocks have started, as `CUDA_EARLY_TRIGGER` does for the other kernels
+/// (compiled in by build.rs); 0: never.
+pub const CUDA_GEMV_EARLY_TRIGGER_MAX_TOKENS: usize = 1;
 /// Products that go to the GEMV take the RMSNorm before them in (qkv, gate_up, the LM
 /// head): no norm kernel, no bf16 copy of the normalised rows.
 pub const CUDA_GEMV_FUSE_NORM: bool = true;

@@ -224,9 +224,6 @@ impl Gpu {
     }
 }
 
-/// Most tokens the GEMV kernel takes (its largest instantiation).
-const GEMV_KERNEL_MAX_TOKENS: usize = 8;
-
 /// What a fused GEMV reads as its token vectors.
 #[derive(Debug, Clone, Copy)]
 pub enum GemvInput {
@@ -300,7 +297,8 @@ fn gemv_takes(w: u64, x: u64, n: usize, k: usize) -> bool {
 /// without its fusions ([`Gpu::gemv`]): few enough tokens for the plan, rows of whole
 /// 16-byte chunks.
 pub fn gemv_fits(n: usize, k: usize) -> bool {
-    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(GEMV_KERNEL_MAX_TOKENS) && k.is_multiple_of(8)
+    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(ffi::VS_GEMV_MAX_TOKENS as usize)
+        && k.is_multiple_of(8)
 }
 
 /// A device allocation, freed on drop.

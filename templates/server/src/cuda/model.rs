@@ -10,7 +10,6 @@ use std::path::Path;
 
 use cudarc::driver::{CudaGraph, CudaStream, sys as drv_sys};
 
-use super::CudaError;
 use super::comm::Comm;
 use super::config::HfConfig;
 use super::device::{DevBuf, Gpu};
@@ -19,6 +18,7 @@ use super::overlap::{CommChoice, SideStream};
 use super::step::Layout;
 pub use super::step::StepInput;
 use super::weights::Weights;
+use super::{CudaError, ffi};
 use crate::plan_cuda::AllReduce;
 use crate::shard::Shard;
 use crate::{plan, plan_cuda};
@@ -116,15 +116,12 @@ fn partial_floats(c: &HfConfig) -> usize {
     c.head_dim() + 2
 }
 
-/// Most parts the merge kernel takes (its largest instantiation).
-const ATTN_KERNEL_MAX_SPLITS: usize = 32;
-
 /// Parts the attention of a step of `n_tokens` over `kv_heads` KV heads splits each
 /// context into: enough for `ATTN_TARGET_BLOCKS` blocks, at most `ATTN_SPLITS`, so wide
 /// batches take one part (no partial sums, no merge kernel).
 fn attention_splits(n_tokens: usize, kv_heads: usize) -> usize {
     let blocks = (n_tokens * kv_heads).max(1);
-    let most = plan_cuda::ATTN_SPLITS.clamp(1, ATTN_KERNEL_MAX_SPLITS);
+    let most = plan_cuda::ATTN_SPLITS.clamp(1, ffi::VS_ATTN_MAX_SPLITS as usize);
     plan_cuda::ATTN_TARGET_BLOCKS
         .div_ceil(blocks)
         .clamp(1, most)

@@ -16,9 +16,8 @@ use crate::plan_cuda::{self, AllReduce};
 
 /// Threads per block of the one-shot kernel (each moves 16 bytes per pass).
 const ONE_SHOT_THREADS: usize = 256;
-/// Most ranks the kernel serves (`VS_MAX_RANKS` of `cuda/comm.h`: the peer table's
-/// arrays have this length, so a mismatch does not compile).
-const MAX_RANKS: usize = 8;
+/// Most ranks the kernel serves (the length of the peer table's arrays).
+const MAX_RANKS: usize = ffi::VS_MAX_RANKS as usize;
 
 /// The plan's all-reduce named as on the command line: `nccl` or `one-shot`.
 pub fn parse_all_reduce(s: &str) -> Result<AllReduce, String> {

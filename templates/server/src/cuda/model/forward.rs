@@ -84,16 +84,14 @@ impl CudaLlama {
         })
     }
 
-    /// Enqueues layer `layer` for `n` tokens run as `parts` (row ranges). Row-parallel
-    /// products: rank 0 adds its partial sum to the residual, the others write theirs
-    /// alone, and the all-reduce of the residual sums them.
+    /// Enqueues layer `layer` for `n` tokens run as `parts` (row ranges).
     fn layer(&self, layer: usize, n: usize, parts: &[Range<usize>]) -> Result<(), CudaError> {
         let (c, b, g) = (&self.local, &self.buf, &self.gpu);
         let w = &self.weights.layers[layer];
-        let (d, ff, first) = (c.hidden_size, c.intermediate_size, self.shard.rank == 0);
+        let (d, ff) = (c.hidden_size, c.intermediate_size);
         let heads = c.num_attention_heads * c.head_dim();
         // Bytes of one row of each activation (offsets of a half's rows).
-        let (qkv, attn, gu, ffr, res) = (c.qkv_dim() * 2, heads * 2, 4 * ff, ff * 2, d * 4);
+        let (qkv, gu, ffr) = (c.qkv_dim() * 2, 4 * ff, ff * 2);
         for (part, rows) in parts.iter().enumerate() {
             self.join(part)?;
             // RoPE and the K/V write in the qkv GEMV's epilogue when it runs the GEMV
@@ -119,18 +117,7 @@ impl CudaLlama {
         // later rows attend to its earlier ones).
         self.attention(layer, n)?;
         for (part, rows) in parts.iter().enumerate() {
-            let (r, m) = (rows.start, rows.len());
-            g.gemm(
-                w.wo.ptr,
-                b.attn.at(r * attn),
-                b.resid.at(r * res),
-                d,
-                m,
-                heads,
-                true,
-                first,
-            )?;
-            self.sum_rows(part, parts.len(), rows)?;
+            self.residual_product(w.wo.ptr, &b.attn, heads, (part, parts.len()), rows)?;
         }
         for (part, rows) in parts.iter().enumerate() {
             self.join(part)?;
@@ -165,19 +152,35 @@ impl CudaLlama {
                     )
                 })?;
             }
-            g.gemm(
-                w.w_down.ptr,
-                b.ff.at(r * ffr),
-                b.resid.at(r * res),
-                d,
-                m,
-                ff,
-                true,
-                first,
-            )?;
-            self.sum_rows(part, parts.len(), rows)?;
+            self.residual_product(w.w_down.ptr, &b.ff, ff, (part, parts.len()), rows)?;
         }
         Ok(())
+    }
+
+    /// Row-parallel product: `w` (`k` inputs) of rows `rows` of the bf16 activation `x`
+    /// added into the same residual rows (rank 0 adds its partial sum to the residual,
+    /// the others write theirs alone), then the all-reduce that sums the ranks' rows
+    /// (`part` of the step's halves, see [`CudaLlama::sum_rows`]).
+    fn residual_product(
+        &self,
+        w: u64,
+        x: &DevBuf,
+        k: usize,
+        part: (usize, usize),
+        rows: &Range<usize>,
+    ) -> Result<(), CudaError> {
+        let (d, r, m) = (self.local.hidden_size, rows.start, rows.len());
+        self.gpu.gemm(
+            w,
+            x.at(r * k * 2),
+            self.buf.resid.at(r * d * 4),
+            d,
+            m,
+            k,
+            true,
+            self.shard.rank == 0,
+        )?;
+        self.sum_rows(part.0, part.1, rows)
     }
 
     /// `p` of the RMSNorm (weight `norm`) of residual rows (`rows` and `rows_of` as in
