@@ -44,7 +44,6 @@ fn main() {
     let arch = plan_const("CUDA_ARCH");
     // sm_90a as `-gencode` (the `-arch=sm_90a` shorthand also runs a plain sm_90 pass).
     let compute = arch.replace("sm_", "compute_");
-    let early_trigger = if plan_const("CUDA_EARLY_TRIGGER") == "true" { "1" } else { "0" };
     let nvcc = home.join("bin").join("nvcc");
     // cc takes nvcc from `NVCC`; set it unless the caller chose one.
     if env::var_os("NVCC").is_none() {
@@ -61,7 +60,7 @@ fn main() {
         .flag("-O3")
         .define("GEMV_UNROLL", plan_const("CUDA_GEMV_UNROLL").as_str())
         .define("SAMPLE_LOADS", plan_const("CUDA_SAMPLE_LOADS").as_str())
-        .define("EARLY_TRIGGER", early_trigger)
+        .define("EARLY_TRIGGER", plan_const("CUDA_EARLY_TRIGGER").as_str())
         .define(
             "GEMV_EARLY_TRIGGER_MAX_TOKENS",
             plan_const("CUDA_GEMV_EARLY_TRIGGER_MAX_TOKENS").as_str(),

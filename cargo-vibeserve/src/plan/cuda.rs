@@ -65,7 +65,7 @@ pub struct CudaPlan {
     /// when they end: the early-launched kernel's blocks take the multiprocessor slots
     /// this one's tail frees and do their early work (a GEMV streams its first weights)
     /// meanwhile. Matters only with early launch. Absent in older plans: true.
-    #[serde(default = "default_early_launch")]
+    #[serde(default = "default_early_trigger")]
     pub early_trigger: bool,
     /// Threads per RMSNorm block (one block per row).
     pub norm_threads: usize,
@@ -112,6 +112,19 @@ pub struct CudaPlan {
     /// bandwidth-bound GEMV kernel instead of cuBLAS; 0: cuBLAS always (at most 8).
     #[serde(default = "default_gemv_max_tokens")]
     pub gemv_max_tokens: usize,
+    /// GEMV products of at least this many tokens run on the tensor cores (`mma.sync`,
+    /// 16-row tiles a warp), fewer on the CUDA cores (`gemv_rows_per_warp` rows a warp).
+    /// Absent in older plans: 9 (the CUDA cores always, as before the tensor-core kernel).
+    #[serde(default = "default_gemv_mma_min_tokens_before")]
+    pub gemv_mma_min_tokens: usize,
+    /// Warps per block of the tensor-core GEMV (at most 32).
+    #[serde(default = "default_gemv_mma_warps")]
+    pub gemv_mma_warps: usize,
+    /// Most warps of a tensor-core GEMV block that share one 16-row tile, each taking a
+    /// slice of the inputs (as `gemv_k_split_max` on the CUDA cores: a tile is 8 times a
+    /// CUDA-core warp's rows, so a product has 8 times fewer tiles to spread).
+    #[serde(default = "default_gemv_mma_k_split_max")]
+    pub gemv_mma_k_split_max: usize,
     /// Output rows each warp of the GEMV kernel computes (1, 2 or 4).
     #[serde(default = "default_gemv_rows_per_warp")]
     pub gemv_rows_per_warp: usize,
@@ -186,6 +199,13 @@ fn default_early_launch() -> bool {
     true
 }
 
+/// The kernels other than the GEMV let the next one launch at their start: on an H100
+/// that gained at batch 1 and cost nothing at batch 8 (where the GEMV's own trigger
+/// cost 3-5%, see `default_gemv_early_trigger_max_tokens`).
+fn default_early_trigger() -> bool {
+    true
+}
+
 /// Batch-1 products let the next kernel launch at their start: on an H100 that took
 /// batch-1 decode from 850 to 878 tok/s (1B shape; 175 to 178 for 8B) on top of the
 /// other kernels' early trigger, while at 8 tokens a step it cost 3-5%.
@@ -206,6 +226,30 @@ fn default_gemv_fuse() -> bool {
 /// bandwidth unused). Also what plans written before the field read as.
 fn default_gemv_max_tokens() -> usize {
     8
+}
+
+/// Round 0 runs steps of 3 tokens and more (4 and 8 in the decode graphs) on the tensor
+/// cores: on the CUDA cores every weight meets every token in a multiply-add, and on an
+/// H100 the tensor cores decoded 20-25% faster at batch 4 and 80-95% at batch 8 (1B and
+/// 8B shapes); at batch 2 the two tie within 1.5%, at batch 1 the CUDA cores won by 15%.
+fn default_gemv_mma_min_tokens() -> usize {
+    3
+}
+
+/// Sixteen warps a block, so that a tile's inputs can split 16 ways: the 1B shape's
+/// o_proj has only 128 tiles for 132 multiprocessors.
+fn default_gemv_mma_warps() -> usize {
+    16
+}
+
+/// Up to a whole block on one tile (see `default_gemv_mma_warps`).
+fn default_gemv_mma_k_split_max() -> usize {
+    16
+}
+
+/// Plans written before the tensor-core kernel ran every GEMV on the CUDA cores.
+fn default_gemv_mma_min_tokens_before() -> usize {
+    9
 }
 
 /// Two rows a warp: two weight streams in flight per lane.
@@ -365,7 +409,7 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         attn_min_split_keys: default_attn_min_split_keys(),
         attn_keys_in_flight: KeysInFlight::default(),
         early_launch: default_early_launch(),
-        early_trigger: default_early_launch(),
+        early_trigger: default_early_trigger(),
         norm_threads: 256,
         elemwise_threads: 256,
         sample_threads: 256,
@@ -383,6 +427,9 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         one_shot_max_blocks: default_one_shot_max_blocks(),
         one_shot_timeout_ms: default_one_shot_timeout_ms(),
         gemv_max_tokens: default_gemv_max_tokens(),
+        gemv_mma_min_tokens: default_gemv_mma_min_tokens(),
+        gemv_mma_warps: default_gemv_mma_warps(),
+        gemv_mma_k_split_max: default_gemv_mma_k_split_max(),
         gemv_rows_per_warp: default_gemv_rows_per_warp(),
         gemv_warps: default_gemv_warps(),
         gemv_unroll: default_gemv_unroll(),
@@ -515,6 +562,9 @@ impl Plan {
             c("ONE_SHOT_MAX_BLOCKS", int(cuda.one_shot_max_blocks)),
             c("ONE_SHOT_TIMEOUT_MS", int(cuda.one_shot_timeout_ms)),
             c("CUDA_GEMV_MAX_TOKENS", int(cuda.gemv_max_tokens)),
+            c("CUDA_GEMV_MMA_MIN_TOKENS", int(cuda.gemv_mma_min_tokens)),
+            c("CUDA_GEMV_MMA_WARPS", int(cuda.gemv_mma_warps)),
+            c("CUDA_GEMV_MMA_K_SPLIT_MAX", int(cuda.gemv_mma_k_split_max)),
             c("CUDA_GEMV_ROWS_PER_WARP", int(cuda.gemv_rows_per_warp)),
             c("CUDA_GEMV_WARPS", int(cuda.gemv_warps)),
             c("CUDA_GEMV_UNROLL", int(cuda.gemv_unroll)),
@@ -683,7 +733,16 @@ mod tests {
         ] {
             table.remove(key);
         }
+        table.remove("gemv_mma_min_tokens");
         let old: CudaPlan = value.try_into().unwrap();
+        // Before the tensor-core GEMV every product of up to 8 tokens ran on CUDA cores.
+        assert_eq!(old.gemv_mma_min_tokens, 9);
+        let old = CudaPlan {
+            gemv_mma_min_tokens: default_gemv_mma_min_tokens(),
+            gemv_mma_warps: default_gemv_mma_warps(),
+            gemv_mma_k_split_max: default_gemv_mma_k_split_max(),
+            ..old
+        };
         assert_eq!(old, default_cuda("sm_90a", 1));
     }
 

@@ -7,10 +7,10 @@
 #define VIBESERVE_EARLY_LAUNCH_H
 #include <cuda_runtime.h>
 
-// EARLY_TRIGGER (the plan's cuda.early_trigger, passed by build.rs): 1 lets the kernel
+// EARLY_TRIGGER (the plan's cuda.early_trigger, passed by build.rs): true lets the kernel
 // after one of these launch once every block of this one has reached wait_previous(),
 // so its blocks take the SM slots this kernel's tail frees and do their own early work
-// (a GEMV's first weight loads) while this one runs; 0 launches it when this one ends.
+// (a GEMV's first weight loads) while this one runs; false launches it when this one ends.
 // The GEMV decides by its token count instead (gemv.cu).
 #ifndef EARLY_TRIGGER
 #error "build.rs passes -DEARLY_TRIGGER (the plan's CUDA_EARLY_TRIGGER)"

@@ -49,7 +49,7 @@ typedef struct {
 } vs_rope_kv_out;
 
 /* Rotates the q and k heads of each of n_tokens qkv rows in place and writes k and v
- * into the paged cache, as `out` says. */
+ * into the paged cache, as `out` says: a thread per pair, blocks of `threads`. */
 int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const vs_rope_kv_out *out,
                int threads, int early);
 
@@ -70,22 +70,33 @@ int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens, const uint
                  int n_heads, int n_kv_heads, int head_dim, int block_size, int splits,
                  int min_split_keys, int warps, int keys_in_flight, int early);
 
-/* How vs_gemv launches: the plan's GEMV fields and the device's multiprocessors. One
- * warp computes rows_per_warp (1, 2 or 4) rows; blocks of `warps` (at most 32) warps. A
- * product with fewer than `warps_per_sm` warps a multiprocessor splits each row group's
- * k range over up to `k_split_max` warps of a block (partial sums added in a fixed
- * order). `early`: launched early, the kernel streams its first weights before it waits. */
+/* How vs_gemv launches: the plan's GEMV fields and the device's multiprocessors. Products
+ * of fewer than mma_min_tokens tokens run on the CUDA cores in blocks of
+ * `warps` warps, one warp computing rows_per_warp (1, 2 or 4) rows; the others on the
+ * tensor cores in blocks of mma_warps warps, a warp computing a 16-row tile (at most 32
+ * warps a block). A product with fewer than `warps_per_sm` warps a multiprocessor splits
+ * each row group's k range over up to `k_split_max` (tensor cores: mma_k_split_max)
+ * warps of a block (partial sums added in a fixed order). `early`: launched early, the
+ * kernel streams its first weights before it waits. */
 typedef struct {
   int rows_per_warp;
   int warps;
   int k_split_max;
   int warps_per_sm;
   int sm_count;
+  int mma_min_tokens;
+  int mma_warps;
+  int mma_k_split_max;
   int early;
 } vs_gemv_launch;
 
-/* y[t, r] (+)= sum_j w[r, j] * x[t, j] for t < n_tokens <= 8, r < rows (w row-major
- * [rows][k], x [n_tokens][k], both bf16 and 16-byte aligned, k % 8 == 0); y is f32 when
+/* Whether vs_gemv takes a product of n_tokens tokens over k inputs at this
+ * mma_min_tokens: 1..VS_GEMV_MAX_TOKENS tokens, and k a multiple of 8 on the CUDA cores,
+ * of 32 on the tensor cores. */
+int vs_gemv_takes(int n_tokens, int k, int mma_min_tokens);
+
+/* y[t, r] (+)= sum_j w[r, j] * x[t, j] for t < n_tokens <= 8, r < rows (w row-major [rows][k],
+ * x [n_tokens][k], both bf16 and 16-byte aligned; the shape one vs_gemv_takes); y is f32 when
  * y_f32, else bf16, [n_tokens][rows]; accumulate adds to what y holds. Fusions:
  * - norm non-NULL: x is the f32 residual [.][k] and the product is of RMSNorm(x)
  *   (x * rsqrt(mean(x^2) + eps) * norm, norm bf16 [k]) without the bf16 rounding of the

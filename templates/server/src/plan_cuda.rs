@@ -47,6 +47,13 @@ pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
 /// Products of at most this many tokens run the hand-written GEMV (`cuda/gemv.cu`)
 /// instead of cuBLAS; 0: cuBLAS always. The kernel takes at most 8.
 pub const CUDA_GEMV_MAX_TOKENS: usize = 8;
+/// GEMV products of at least this many tokens run on the tensor cores, fewer on the CUDA
+/// cores.
+pub const CUDA_GEMV_MMA_MIN_TOKENS: usize = 3;
+/// Warps per block of the tensor-core GEMV.
+pub const CUDA_GEMV_MMA_WARPS: usize = 16;
+/// Most warps of a tensor-core GEMV block that split one 16-row tile's inputs.
+pub const CUDA_GEMV_MMA_K_SPLIT_MAX: usize = 16;
 /// Output rows per warp of the GEMV kernel (1, 2 or 4).
 pub const CUDA_GEMV_ROWS_PER_WARP: usize = 2;
 /// Warps per block of the GEMV kernel.

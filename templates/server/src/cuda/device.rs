@@ -79,6 +79,9 @@ impl Gpu {
             k_split_max: plan_cuda::CUDA_GEMV_K_SPLIT_MAX as i32,
             warps_per_sm: plan_cuda::CUDA_GEMV_WARPS_PER_SM as i32,
             sm_count,
+            mma_min_tokens: plan_cuda::CUDA_GEMV_MMA_MIN_TOKENS as i32,
+            mma_warps: plan_cuda::CUDA_GEMV_MMA_WARPS as i32,
+            mma_k_split_max: plan_cuda::CUDA_GEMV_MMA_K_SPLIT_MAX as i32,
             early: plan_cuda::CUDA_GEMV_EARLY_LAUNCH.into(),
         };
         Ok(Self {
@@ -294,11 +297,15 @@ fn gemv_takes(w: u64, x: u64, n: usize, k: usize) -> bool {
 }
 
 /// Whether a product of `n` tokens over `k` inputs can run the GEMV kernel, with or
-/// without its fusions ([`Gpu::gemv`]): few enough tokens for the plan, rows of whole
-/// 16-byte chunks.
+/// without its fusions ([`Gpu::gemv`]): few enough tokens for the plan, and a shape the
+/// kernel takes (rows of whole 16-byte chunks, or 32-input steps on the tensor cores).
 pub fn gemv_fits(n: usize, k: usize) -> bool {
-    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS.min(ffi::VS_GEMV_MAX_TOKENS as usize)
-        && k.is_multiple_of(8)
+    let (Ok(n32), Ok(k32)) = (i32::try_from(n), i32::try_from(k)) else {
+        return false;
+    };
+    // SAFETY: a pure function of its arguments (no memory is read).
+    n <= plan_cuda::CUDA_GEMV_MAX_TOKENS
+        && unsafe { ffi::vs_gemv_takes(n32, k32, plan_cuda::CUDA_GEMV_MMA_MIN_TOKENS as i32) } != 0
 }
 
 /// A device allocation, freed on drop.
