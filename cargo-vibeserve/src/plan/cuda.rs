@@ -739,8 +739,6 @@ mod tests {
         assert_eq!(old.gemv_mma_min_tokens, 9);
         let old = CudaPlan {
             gemv_mma_min_tokens: default_gemv_mma_min_tokens(),
-            gemv_mma_warps: default_gemv_mma_warps(),
-            gemv_mma_k_split_max: default_gemv_mma_k_split_max(),
             ..old
         };
         assert_eq!(old, default_cuda("sm_90a", 1));
