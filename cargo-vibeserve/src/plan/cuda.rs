@@ -110,7 +110,7 @@ pub struct CudaPlan {
     pub one_shot_timeout_ms: usize,
     /// Products of at most this many tokens (decode at small batch) run the hand-written
     /// bandwidth-bound GEMV kernel instead of cuBLAS; 0: cuBLAS always (at most 8).
-    #[serde(default = "default_gemv_max_tokens")]
+    #[serde(default = "default_gemv_max_tokens_before")]
     pub gemv_max_tokens: usize,
     /// GEMV products of at least this many tokens run on the tensor cores (`mma.sync`,
     /// 16-row tiles a warp), fewer on the CUDA cores (`gemv_rows_per_warp` rows a warp).
@@ -221,17 +221,23 @@ fn default_gemv_fuse() -> bool {
     true
 }
 
-/// Round 0's GEMV: every decode step of up to 8 sequences (llama.cpp's own matrix-vector
-/// kernels take batches up to 8 for the same reason: cuBLAS's small-m kernels leave
-/// bandwidth unused). Also what plans written before the field read as.
+/// Round 0's GEMV: decode steps of 1 and 2 sequences (CUDA cores). On an H100 cuBLAS
+/// beat the tensor-core GEMV at 4 and 8 sequences by 3-14% (1B 2,826 / 5,534 against
+/// 2,684 / 5,377 tok/s, 8B 621 / 1,222 against 572 / 1,071).
 fn default_gemv_max_tokens() -> usize {
+    2
+}
+
+/// Plans written before the field ran every decode step of up to 8 sequences on the GEMV.
+fn default_gemv_max_tokens_before() -> usize {
     8
 }
 
-/// Round 0 runs steps of 3 tokens and more (4 and 8 in the decode graphs) on the tensor
-/// cores: on the CUDA cores every weight meets every token in a multiply-add, and on an
-/// H100 the tensor cores decoded 20-25% faster at batch 4 and 80-95% at batch 8 (1B and
-/// 8B shapes); at batch 2 the two tie within 1.5%, at batch 1 the CUDA cores won by 15%.
+/// GEMV steps of 3 tokens and more (4 and 8 in the decode graphs, where
+/// `gemv_max_tokens` lets the GEMV take them) run on the tensor cores: on the CUDA cores
+/// every weight meets every token in a multiply-add, and on an H100 the tensor cores
+/// decoded 20-25% faster at batch 4 and 80-95% at batch 8 (1B and 8B shapes); at batch 2
+/// the two tie within 1.5%, at batch 1 the CUDA cores won by 15%.
 fn default_gemv_mma_min_tokens() -> usize {
     3
 }
@@ -736,8 +742,10 @@ mod tests {
         table.remove("gemv_mma_min_tokens");
         let old: CudaPlan = value.try_into().unwrap();
         // Before the tensor-core GEMV every product of up to 8 tokens ran on CUDA cores.
+        assert_eq!(old.gemv_max_tokens, 8);
         assert_eq!(old.gemv_mma_min_tokens, 9);
         let old = CudaPlan {
+            gemv_max_tokens: default_gemv_max_tokens(),
             gemv_mma_min_tokens: default_gemv_mma_min_tokens(),
             ..old
         };

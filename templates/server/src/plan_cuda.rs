@@ -46,7 +46,7 @@ pub const CUDA_SAMPLE_LOADS: usize = 8;
 pub const CUBLAS_WORKSPACE_BYTES: usize = 33_554_432;
 /// Products of at most this many tokens run the hand-written GEMV (`cuda/gemv.cu`)
 /// instead of cuBLAS; 0: cuBLAS always. The kernel takes at most 8.
-pub const CUDA_GEMV_MAX_TOKENS: usize = 8;
+pub const CUDA_GEMV_MAX_TOKENS: usize = 2;
 /// GEMV products of at least this many tokens run on the tensor cores, fewer on the CUDA
 /// cores.
 pub const CUDA_GEMV_MMA_MIN_TOKENS: usize = 3;
