@@ -60,6 +60,7 @@ fn main() {
         .flag("-O3")
         .define("GEMV_UNROLL", plan_const("CUDA_GEMV_UNROLL").as_str())
         .define("SAMPLE_LOADS", plan_const("CUDA_SAMPLE_LOADS").as_str())
+        .define("ATTN_STAGES", plan_const("ATTN_STAGES").as_str())
         .define("EARLY_TRIGGER", plan_const("CUDA_EARLY_TRIGGER").as_str())
         .define(
             "GEMV_EARLY_TRIGGER_MAX_TOKENS",

@@ -39,10 +39,12 @@ pub struct CudaPlan {
     /// the context into `ceil(attn_target_blocks / (n * k))` parts (at most
     /// `attn_splits`); at 1 part the kernel writes its output directly, with no partial
     /// sums and no merge kernel. Absent in older plans: 528 (four per H100 SM).
-    #[serde(default = "default_attn_target_blocks")]
+    #[serde(default = "default_attn_target_blocks_before")]
     pub attn_target_blocks: usize,
     /// Fewest positions one part of a split context takes (parts past the context stay
-    /// empty), so short contexts do not pay a block's fixed costs for a few keys each.
+    /// empty), so short contexts do not pay a block's fixed costs for a few keys each;
+    /// a context of at most this many positions takes one part, which writes the output
+    /// itself (the merge kernel then has nothing to do for that token).
     /// Absent in older plans: 32.
     #[serde(default = "default_attn_min_split_keys")]
     pub attn_min_split_keys: usize,
@@ -51,6 +53,13 @@ pub struct CudaPlan {
     /// in older plans: 4.
     #[serde(default)]
     pub attn_keys_in_flight: KeysInFlight,
+    /// Iterations of K/V rows an attention lane has loading at once: 1 loads each
+    /// iteration's rows into registers as it starts (a memory round trip an iteration,
+    /// with nothing loading during the softmax math); 2 or more copy the next ones into a
+    /// ring in shared memory (`cp.async`, stages × keys in flight × 32 bytes a lane)
+    /// while the current one computes. Absent in older plans: 1.
+    #[serde(default = "default_attn_stages_before")]
+    pub attn_stages: usize,
     /// Launch the hand-written kernels other than the GEMV (attention and its merge,
     /// RMSNorm, RoPE, SwiGLU, embedding, token selection, the one-shot all-reduce) with programmatic dependent
     /// launch (Hopper): their blocks start while the kernel before them finishes and
@@ -145,7 +154,7 @@ pub struct CudaPlan {
     /// Warps per multiprocessor a GEMV product aims for: one with fewer splits its
     /// inputs (up to `gemv_k_split_max` ways) until it has as many. Absent in older
     /// plans: 24.
-    #[serde(default = "default_gemv_warps_per_sm")]
+    #[serde(default = "default_gemv_warps_per_sm_before")]
     pub gemv_warps_per_sm: usize,
     /// Launch the GEMV with programmatic dependent launch (Hopper): its blocks start and
     /// stream weights while the previous kernel finishes. Absent in older plans: true.
@@ -278,9 +287,30 @@ fn default_gemv_k_split_max() -> usize {
     4
 }
 
-/// About what registers allow at ~80 a thread (65536 per SM / 32 lanes / 80 ≈ 25 warps).
-fn default_gemv_warps_per_sm() -> usize {
+/// Plans written before round 0 moved to 64 aimed for 24 (about what registers allow at
+/// ~80 a thread: 65536 per SM / 32 lanes / 80 ≈ 25 warps).
+fn default_gemv_warps_per_sm_before() -> usize {
     24
+}
+
+/// More than fits at once: the products with few rows (o and down) split their inputs
+/// further, and the blocks that do not fit start as others end. On H100s (2026-11-27,
+/// alternating runs) 48 against 24 decoded the 1B at batch 1 1.3-2.6% faster (893 / 897
+/// against 870 / 885 tok/s, 04:07 UTC) and the 8B 1.0-1.3%; 64 against 48 (with the
+/// other round-0 moves of that day, 04:40 UTC) the 1B 0.5% (915.9 / 910.1 / 915.1
+/// against 905.9 / 910.7 / 908.5) and the 8B 1.5% (186.2 / 186.1 against 183.2 /
+/// 183.6). It cost batch 8 2.6% when the GEMV still took 8 tokens; now it takes at most
+/// 2 (`gemv_max_tokens`).
+fn default_gemv_warps_per_sm() -> usize {
+    64
+}
+
+/// A thread per four floats of a 4096-wide row: the 8B's norm reads its row in one load a
+/// thread (the norm runs apart from the products from 3 tokens a step, where cuBLAS
+/// takes them). On an H100 (04:07 UTC, 2026-11-27, two runs each) 1024 threads against
+/// 256 decoded the 8B 0.7-1.3% faster at 32 sequences, the 1B 0.4-0.7%.
+fn default_norm_threads() -> usize {
+    1024
 }
 
 /// Eight logits loading at once per thread of the token-selection kernel.
@@ -294,17 +324,42 @@ fn default_sample_parts() -> usize {
     64
 }
 
-/// Round 0's attention blocks: four per multiprocessor of an H100 (132 SMs), enough warps
-/// to keep HBM busy; a batch of 128 sequences × 8 KV heads already has 1024, so it takes
-/// one part and skips the merge.
-fn default_attn_target_blocks() -> usize {
+/// Plans written before round 0 moved to 256 aimed for four blocks per multiprocessor of
+/// an H100 (132 SMs).
+fn default_attn_target_blocks_before() -> usize {
     4 * 132
+}
+
+/// Round 0's attention blocks: about two per multiprocessor of an H100, so a step of 32
+/// sequences × 8 KV heads (256 blocks) already takes one part and skips the partial sums
+/// and the merge, while batch 1 still splits 16 ways. With the two-stage K/V ring
+/// (`attn_stages`) a block of one part keeps its loads in flight through long contexts.
+/// On an H100 (04:07 UTC, 2026-11-27) one part at 32 sequences against three decoded the
+/// 8B 1.3% faster and the 1B 3% (128-token prompts); with the ring, 2048-token prompts
+/// too (8B at 32 sequences 3,049 tok/s against round 0's 3,024; without the ring one
+/// part fell to 2,884).
+fn default_attn_target_blocks() -> usize {
+    256
+}
+
+/// Two stages: the next iteration's K/V rows load while this one's softmax math runs.
+/// On an H100 (04:23 UTC, 2026-11-27, two alternating runs, logits bit-identical to one
+/// stage) two stages against one decoded the 8B 1.3% faster at 32 sequences (4,697 /
+/// 4,705 against 4,638 / 4,644 tok/s) and 3.5-3.7% at 128, the 1B 1.7-2.6% and 3-3.2%;
+/// three were no better (the 8B at 128 sequences 1.5% slower than two).
+fn default_attn_stages() -> usize {
+    2
 }
 
 /// A part of at least 32 keys: one pass of a 4-warp block with 4 rows in flight per lane
 /// at head_dim 128.
 fn default_attn_min_split_keys() -> usize {
     32
+}
+
+/// Plans written before the field loaded K/V rows into registers an iteration at a time.
+fn default_attn_stages_before() -> usize {
+    1
 }
 
 /// K/V rows each attention lane has in flight: 2, 4 or 8 (the kernel is compiled for
@@ -399,8 +454,9 @@ pub struct RopeScalingPlan {
 }
 
 /// Round 0's CUDA kernels: graphs for every power-of-two batch up to 128 (vLLM captures
-/// a similar ladder), up to 16 attention splits of 4 warps (fewer as the batch grows), 256-thread row kernels, a
-/// 1024-thread sampler and cuBLAS's recommended 32 MiB workspace for Hopper; the model
+/// a similar ladder), up to 16 attention splits of 4 warps (fewer as the batch grows)
+/// with a two-stage K/V ring, 1024-thread RMSNorm and 256-thread elementwise kernels, a
+/// 256-thread sampler and cuBLAS's recommended 32 MiB workspace for Hopper; the model
 /// split across all `gpus`, not overlapped, its small sums by the push one-shot kernel
 /// (vLLM too ships a custom all-reduce for them; ours was the fastest of the three at
 /// batch 1 and 32 on 2 and 4 H100s), the rest by NCCL.
@@ -414,9 +470,10 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         attn_target_blocks: default_attn_target_blocks(),
         attn_min_split_keys: default_attn_min_split_keys(),
         attn_keys_in_flight: KeysInFlight::default(),
+        attn_stages: default_attn_stages(),
         early_launch: default_early_launch(),
         early_trigger: default_early_trigger(),
-        norm_threads: 256,
+        norm_threads: default_norm_threads(),
         elemwise_threads: 256,
         sample_threads: 256,
         sample_parts: default_sample_parts(),
@@ -553,6 +610,7 @@ impl Plan {
             c("ATTN_TARGET_BLOCKS", int(cuda.attn_target_blocks)),
             c("ATTN_MIN_SPLIT_KEYS", int(cuda.attn_min_split_keys)),
             c("ATTN_KEYS_IN_FLIGHT", int(cuda.attn_keys_in_flight.get())),
+            c("ATTN_STAGES", int(cuda.attn_stages)),
             c("CUDA_EARLY_LAUNCH", cuda.early_launch.to_string()),
             c("CUDA_EARLY_TRIGGER", cuda.early_trigger.to_string()),
             c("CUDA_NORM_THREADS", int(cuda.norm_threads)),
@@ -731,6 +789,7 @@ mod tests {
             "attn_target_blocks",
             "attn_min_split_keys",
             "attn_keys_in_flight",
+            "attn_stages",
             "early_launch",
             "early_trigger",
             "gemv_fuse_norm",
@@ -744,7 +803,13 @@ mod tests {
         // Before the tensor-core GEMV every product of up to 8 tokens ran on CUDA cores.
         assert_eq!(old.gemv_max_tokens, 8);
         assert_eq!(old.gemv_mma_min_tokens, 9);
+        assert_eq!(old.attn_stages, 1);
+        assert_eq!(old.attn_target_blocks, 528);
+        assert_eq!(old.gemv_warps_per_sm, 24);
         let old = CudaPlan {
+            attn_stages: default_attn_stages(),
+            attn_target_blocks: default_attn_target_blocks(),
+            gemv_warps_per_sm: default_gemv_warps_per_sm(),
             gemv_max_tokens: default_gemv_max_tokens(),
             gemv_mma_min_tokens: default_gemv_mma_min_tokens(),
             ..old
@@ -765,7 +830,8 @@ mod tests {
             .unwrap();
         let consts = plan.cuda_constants().unwrap();
         let get = |n: &str| consts.iter().find(|c| c.name == n).unwrap().value.clone();
-        assert_eq!(get("ATTN_TARGET_BLOCKS"), "528");
+        assert_eq!(get("ATTN_TARGET_BLOCKS"), "256");
+        assert_eq!(get("ATTN_STAGES"), "2");
         assert_eq!(get("ATTN_MIN_SPLIT_KEYS"), "32");
         assert_eq!(get("ATTN_KEYS_IN_FLIGHT"), "4");
         let text = plan.to_toml();

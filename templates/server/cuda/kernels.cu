@@ -157,41 +157,81 @@ static __device__ __forceinline__ void fold(float &m, float &l, float (&acc)[E],
   m = mx;
 }
 
+#if ATTN_STAGES > 1
+// 16 bytes from global to shared memory, asynchronously (cp.async, L2 only: each K/V
+// row is read once).
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+  unsigned addr = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(addr), "l"(src));
+}
+#endif
+
+// Floats of the attention block's cross-warp reduction ([warp][g] (m, l), then
+// [warp][g][HD] sums), rounded up to 16 bytes for the K/V ring after it.
+static __host__ __device__ int attn_reduce_floats(int warps, int g, int hd) {
+  return (warps * g * (hd + 2) + 3) / 4 * 4;
+}
+
+// Dynamic shared memory of an attention block: the reduction, then (ATTN_STAGES > 1) the
+// ring of K/V rows, 2 x 16 bytes a lane per row in flight per stage.
+static size_t attention_smem(int warps, int g, int hd, int u) {
+  size_t ring = ATTN_STAGES > 1 ? (size_t)ATTN_STAGES * u * 2 * 16 * warps * 32 : 0;
+  return attn_reduce_floats(warps, g, hd) * sizeof(float) + ring;
+}
+
+// The parts of a context of `ctx` positions cut into at most `splits` parts of at least
+// `min_keys` positions: `per` positions each, the first `used` of them non-empty. The
+// attention kernel and its merge both derive them from the token's context, so a
+// context of at most `min_keys` positions takes one part even in a split grid.
+struct Parts {
+  int per, used;
+  __device__ Parts(int ctx, int splits, int min_keys) {
+    per = max((ctx + splits - 1) / splits, min_keys);
+    used = (ctx + per - 1) / per;
+  }
+};
+
 // One block per (query token, kv head, split) over positions [beg, end) of the token's
-// context (per = max(ceil(ctx / splits), min_keys) positions a split; a split past the
-// context is empty). A K/V row is HD/8 lanes (16 bytes each): a warp holds P = 256/HD
+// context (see Parts; a split past the used ones returns at once). A K/V row is HD/8 lanes (16 bytes each): a warp holds P = 256/HD
 // rows at once, each lane U of them in flight (U independent 16-byte loads of K and of V
 // before any is used), so a block has warps*P*U rows in flight. Each group of HD/8 lanes
 // keeps its own online softmax for the G query heads sharing the kv head (the K/V rows
 // are read once for the group); groups fold by shuffles, warps through shared memory.
-// splits == 1: the block writes the normalised bf16 output; else per (token, head, split)
+// One part used: the block writes the normalised bf16 output; else per (token, head, split)
 // the unnormalised sum (HD floats), then max and sum, for attention_merge_kernel.
 // Launched early (see early_launch.h), a block reads the step's inputs and prefetches its
 // first K/V rows into L2 while the kernel before it (which writes this step's q, k and v)
 // drains: that kernel's writes land in L2, so a prefetch cannot bring stale data.
+// ATTN_STAGES > 1 (build.rs, from the plan): the K/V rows of the next ATTN_STAGES - 1
+// iterations are copied into shared memory (cp.async) while this one computes, so loads
+// stay in flight through the softmax math instead of one round trip an iteration. A lane
+// reads back only the slots it filled itself, so the ring needs no block barrier.
 template <int HD, int G, int U>
 __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf16 *v_cache,
                                  const int32_t *block_tables, const int32_t *table_stride,
                                  const int32_t *q_seq, const int32_t *q_ctx, float *partial,
                                  bf16 *out, int n_kv, int bs, int min_keys, float scale) {
   constexpr int E = 8, L = HD / E, P = 32 / L;
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   int t = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, splits = gridDim.z;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   int sub = lane / L, col = (lane % L) * E;
   int n_heads = n_kv * G;
   int ctx = q_ctx[t];
-  int per = max((ctx + splits - 1) / splits, min_keys);
-  int beg = min(ctx, s * per), end = min(ctx, beg + per);
+  Parts parts(ctx, splits, min_keys);
+  int beg = min(ctx, s * parts.per), end = min(ctx, beg + parts.per);
   const int32_t *table = block_tables + (size_t)q_seq[t] * *table_stride;
   // Element offset of this lane's 16 bytes of position p's K (and V) row.
   auto kv_offset = [&](int p) {
     return (((size_t)table[p / bs] * n_kv + kh) * bs + p % bs) * HD + col;
   };
-  int rows = warps * P;  // rows one load instruction of the block covers
+  const int rows = warps * P, step = rows * U;  // rows one load covers, and an iteration
+  const int n_iter = (end - beg + step - 1) / step;
+  // Position of this lane's row u of iteration i.
+  auto row_of = [&](int i, int u) { return beg + i * step + warp * P + sub + u * rows; };
 #pragma unroll
   for (int u = 0; u < U; u++) {
-    int p = beg + warp * P + sub + u * rows;
+    int p = row_of(0, u);
     if (p < end) {
       size_t off = kv_offset(p);
       asm volatile("prefetch.global.L2 [%0];" ::"l"(k_cache + off));
@@ -199,6 +239,7 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
     }
   }
   wait_previous();
+  if (s >= parts.used) return;
   const bf16 *qrow = qkv + (size_t)t * (n_heads + 2 * n_kv) * HD + (size_t)kh * G * HD;
   float q[G][E], acc[G][E], m[G], l[G];
 #pragma unroll
@@ -212,17 +253,50 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
     m[g] = NEG_BIG;
     l[g] = 0.f;
   }
-  for (int it = beg; it < end; it += rows * U) {
-    int base = it + warp * P + sub;  // this lane's first row of the iteration
+#if ATTN_STAGES > 1
+  // The ring of ATTN_STAGES iterations' K/V rows, [stage][u][K|V][thread], after the
+  // reduction's floats (see attention_smem).
+  uint4 *ring = (uint4 *)(smem + attn_reduce_floats(warps, G, HD));
+  auto slot = [&](int i, int u, int kv) {
+    return ring + (((i % ATTN_STAGES) * U + u) * 2 + kv) * blockDim.x + threadIdx.x;
+  };
+  // Starts the copies of iteration i (none past the last) and closes their group: every
+  // lane commits one group an iteration, so "all but the newest S - 1 done" is iteration i.
+  auto issue = [&](int i) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int p = row_of(i, u);
+      if (i < n_iter && p < end) {
+        size_t off = kv_offset(p);
+        cp_async16(slot(i, u, 0), k_cache + off);
+        cp_async16(slot(i, u, 1), v_cache + off);
+      }
+    }
+    asm volatile("cp.async.commit_group;");
+  };
+#pragma unroll
+  for (int i = 0; i < ATTN_STAGES - 1; i++) issue(i);
+#endif
+  for (int i = 0; i < n_iter; i++) {
+    int base = row_of(i, 0);  // this lane's first row of the iteration
     uint4 kr[U], vr[U];
+#if ATTN_STAGES > 1
+    issue(i + ATTN_STAGES - 1);
+    asm volatile("cp.async.wait_group %0;" ::"n"(ATTN_STAGES - 1));
+#endif
 #pragma unroll
     for (int u = 0; u < U; u++) {
       int p = base + u * rows;
       kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);
       if (p < end) {
+#if ATTN_STAGES > 1
+        kr[u] = *slot(i, u, 0);
+        vr[u] = *slot(i, u, 1);
+#else
         size_t off = kv_offset(p);
         kr[u] = *(const uint4 *)(k_cache + off);
         vr[u] = *(const uint4 *)(v_cache + off);
+#endif
       }
     }
 #pragma unroll
@@ -293,7 +367,7 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
       num += f * sums[(w * G + g) * HD + d];
     }
     size_t head = (size_t)t * n_heads + kh * G + g;
-    if (splits == 1) {
+    if (parts.used == 1) {
       out[head * HD + d] = __float2bfloat16(den > 0.f ? num / den : 0.f);
     } else {
       float *pp = partial + (head * splits + s) * (HD + 2);
@@ -306,18 +380,24 @@ __global__ void attention_kernel(const bf16 *qkv, const bf16 *k_cache, const bf1
   }
 }
 
-// Merges the splits of one (token, head), one thread a column d < hd: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// S (a power of two >= splits) makes every load of a thread independent: all of them are
-// in flight at once, one memory round trip instead of one per split.
+// Merges the used parts of one (token, head), one thread a column d < hd: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// A token whose context took one part was written by the attention kernel itself. S (a
+// power of two >= splits) makes every load of a thread independent: all of them are in
+// flight at once, one memory round trip instead of one per split.
 template <int S>
-__global__ void attention_merge_kernel(const float *partial, bf16 *out, int splits, int hd) {
+__global__ void attention_merge_kernel(const float *partial, const int32_t *q_ctx, bf16 *out,
+                                       int splits, int min_keys, int hd) {
   int t = blockIdx.x, head = blockIdx.y, n_heads = gridDim.y, d = threadIdx.x;
+  // Waits even when there is nothing to merge: the kernel after this one waits only for
+  // this one, and must find the attention kernel's output written.
   wait_previous();
+  int used = Parts(q_ctx[t], splits, min_keys).used;
+  if (used <= 1) return;
   const float *p = partial + ((size_t)t * n_heads + head) * splits * (hd + 2);
   float m[S], l[S], acc[S];
 #pragma unroll
   for (int s = 0; s < S; s++) {
-    bool in = s < splits;
+    bool in = s < used;
     m[s] = in ? p[s * (hd + 2) + hd] : NEG_BIG;
     l[s] = in ? p[s * (hd + 2) + hd + 1] : 0.f;
     acc[s] = in ? p[s * (hd + 2) + d] : 0.f;
@@ -327,19 +407,12 @@ __global__ void attention_merge_kernel(const float *partial, bf16 *out, int spli
   for (int s = 0; s < S; s++) mx = fmaxf(mx, m[s]);
 #pragma unroll
   for (int s = 0; s < S; s++) {
-    if (s >= splits) break;
+    if (s >= used) break;
     float e = __expf(m[s] - mx);
     den += e * l[s];
     num += e * acc[s];
   }
   out[((size_t)t * n_heads + head) * hd + d] = __float2bfloat16(den > 0.f ? num / den : 0.f);
-}
-
-template <int S>
-static int merge_launch(cudaStream_t st, const float *partial, bf16 *out, int n_tokens,
-                        int n_heads, int splits, int hd, int early) {
-  return launch_kernel(attention_merge_kernel<S>, dim3(n_tokens, n_heads), dim3(hd), 0, st, early,
-                       partial, out, splits, hd);
 }
 
 // What one attention launch needs besides its template parameters.
@@ -352,10 +425,22 @@ struct AttnArgs {
   int n_tokens, n_kv, bs, splits, min_keys, warps, early;
 };
 
+template <int S>
+static int merge_launch(const AttnArgs &a, int n_heads, int hd) {
+  return launch_kernel(attention_merge_kernel<S>, dim3(a.n_tokens, n_heads), dim3(hd), 0, a.st,
+                       a.early, a.partial, a.q_ctx, a.out, a.splits, a.min_keys, hd);
+}
+
 template <int HD, int G, int U>
 static int attention_launch(const AttnArgs &a) {
   dim3 grid(a.n_tokens, a.n_kv, a.splits);
-  size_t smem = (size_t)a.warps * G * (HD + 2) * sizeof(float);
+  size_t smem = attention_smem(a.warps, G, HD, U);
+  // Above the default 48 KiB a kernel must opt in (deep rings of wide blocks).
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(attention_kernel<HD, G, U>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+  }
   return launch_kernel(attention_kernel<HD, G, U>, grid, dim3(a.warps * 32), smem, a.st, a.early,
                        a.qkv, a.kc, a.vc, a.bt, a.table_stride, a.q_seq, a.q_ctx, a.partial, a.out,
                        a.n_kv, a.bs, a.min_keys, rsqrtf((float)HD));
@@ -403,12 +488,10 @@ extern "C" int vs_attention(vs_stream stream, const uint16_t *qkv, int n_tokens,
   else
     return (int)cudaErrorInvalidValue;
   if (rc != 0 || splits == 1) return rc;
-  const float *p = partial;
-  bf16 *o = (bf16 *)out;
-  if (splits <= 4) return merge_launch<4>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
-  if (splits <= 8) return merge_launch<8>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
-  if (splits <= 16) return merge_launch<16>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
-  return merge_launch<VS_ATTN_MAX_SPLITS>(a.st, p, o, n_tokens, n_heads, splits, head_dim, early);
+  if (splits <= 4) return merge_launch<4>(a, n_heads, head_dim);
+  if (splits <= 8) return merge_launch<8>(a, n_heads, head_dim);
+  if (splits <= 16) return merge_launch<16>(a, n_heads, head_dim);
+  return merge_launch<VS_ATTN_MAX_SPLITS>(a, n_heads, head_dim);
 }
 
 // ---------------------------------------------------------------- SwiGLU

@@ -58,8 +58,9 @@ int vs_rope_kv(vs_stream stream, uint16_t *qkv, int n_tokens, const vs_rope_kv_o
  * read on the device, so a captured graph serves any table length), into out
  * [t, n_heads*head_dim] (bf16). q is read from the qkv rows. The context is cut into
  * `splits` (at most VS_ATTN_MAX_SPLITS) parts of at least `min_split_keys` positions (flash-decoding;
- * parts past the context stay empty); splits > 1 also runs a merge kernel, and `partial`
- * must hold n_tokens*n_heads*splits*(head_dim+2) floats (unused when splits == 1). Blocks
+ * parts past the context stay empty, and a context of one part is written directly);
+ * splits > 1 also runs a merge kernel, and `partial` must hold
+ * n_tokens*n_heads*splits*(head_dim+2) floats (unused when splits == 1). Blocks
  * of `warps` warps; each lane has `keys_in_flight` (2, 4 or 8) K and V rows loading at
  * once. head_dim must be 64 or 128 and n_heads / n_kv_heads 1, 2, 4 or 8. `early`: both
  * kernels launch early; attention reads the step's inputs and warms L2 with its first

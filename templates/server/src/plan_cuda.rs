@@ -18,11 +18,16 @@ pub const ATTN_WARPS: usize = 4;
 /// Attention blocks a step aims for: `n` tokens over `k` KV heads take
 /// `ceil(ATTN_TARGET_BLOCKS / (n * k))` parts (at most `ATTN_SPLITS`); one part writes
 /// the output directly (no partial sums, no merge kernel).
-pub const ATTN_TARGET_BLOCKS: usize = 528;
-/// Fewest positions one part of a split context takes (later parts stay empty).
+pub const ATTN_TARGET_BLOCKS: usize = 256;
+/// Fewest positions one part of a split context takes (later parts stay empty); a
+/// context this short takes one part, written directly (its merge does nothing).
 pub const ATTN_MIN_SPLIT_KEYS: usize = 32;
 /// K and V rows each attention lane has loading at once (2, 4 or 8).
 pub const ATTN_KEYS_IN_FLIGHT: usize = 4;
+/// Iterations of K/V rows the attention kernel has loading at once: 1 loads each
+/// iteration's rows into registers as it starts; 2-4 copy the next ones into a shared
+/// memory ring (cp.async) while the current one computes (compiled in by build.rs).
+pub const ATTN_STAGES: usize = 2;
 /// Launch the kernels other than the GEMV with programmatic dependent launch: they start
 /// while the kernel before them finishes (attention reads the step's inputs and warms
 /// L2 with K/V rows meanwhile).
@@ -33,7 +38,7 @@ pub const CUDA_EARLY_LAUNCH: bool = true;
 /// during this one's tail.
 pub const CUDA_EARLY_TRIGGER: bool = true;
 /// Threads per RMSNorm block (one block per row).
-pub const CUDA_NORM_THREADS: usize = 256;
+pub const CUDA_NORM_THREADS: usize = 1024;
 /// Threads per block of the elementwise kernels (embedding, RoPE, SwiGLU).
 pub const CUDA_ELEMWISE_THREADS: usize = 256;
 /// Threads per token-selection block.
@@ -65,7 +70,7 @@ pub const CUDA_GEMV_UNROLL: usize = 4;
 pub const CUDA_GEMV_K_SPLIT_MAX: usize = 4;
 /// A GEMV product with fewer warps than this per multiprocessor splits its inputs
 /// (up to `CUDA_GEMV_K_SPLIT_MAX` ways) until it has as many.
-pub const CUDA_GEMV_WARPS_PER_SM: usize = 24;
+pub const CUDA_GEMV_WARPS_PER_SM: usize = 64;
 /// Launch the GEMV early (programmatic dependent launch): it streams weights while the
 /// previous kernel finishes.
 pub const CUDA_GEMV_EARLY_LAUNCH: bool = true;
