@@ -803,6 +803,7 @@ mod tests {
         // Before the tensor-core GEMV every product of up to 8 tokens ran on CUDA cores.
         assert_eq!(old.gemv_max_tokens, 8);
         assert_eq!(old.gemv_mma_min_tokens, 9);
+        // Before the K/V ring and round 0's 2026-11-27 moves.
         assert_eq!(old.attn_stages, 1);
         assert_eq!(old.attn_target_blocks, 528);
         assert_eq!(old.gemv_warps_per_sm, 24);
