@@ -3,8 +3,8 @@
 # our teacher-forced logits at TP = 2 (NCCL's all-reduce and the one-shot one) and TP = 1
 # against each other and Hugging Face transformers (float32); our decode tok/s at batch
 # 1, 32 and 128 for the same three; a rank killed mid-run (the others must fail with a
-# clear error, not hang); llama.cpp's own multi-GPU split (-sm row and -sm layer) on the
-# same shape; one JSON with the ratios ($OUT/tp_summary.json) and a printed table.
+# clear error, not hang); llama.cpp's own multi-GPU splits (-sm layer, tensor and row) on
+# the same shape; one JSON with the ratios ($OUT/tp_summary.json) and a printed table.
 #
 # Usage (on the GPU machine, from the repository root):
 #   bash DIR/tp_check.sh DIR
@@ -51,7 +51,7 @@ if has logits; then
   python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-256})))" > "$W/tokens.txt"
   # name:TP:all-reduce:tokens per step; the first is the baseline. One token a step runs
   # the decode graphs and decode's small all-reduces (the one-shot kernel's messages).
-  RUNS="tp1:1:nccl:512 tp$TP:$TP:nccl:512 tp${TP}_decode:$TP:nccl:1 tp${TP}_oneshot_decode:$TP:one-shot:1"
+  RUNS="tp1:1:nccl:512 tp$TP:$TP:nccl:512 tp${TP}_decode:$TP:nccl:1 tp${TP}_push_decode:$TP:one-shot-push:1"
   for run in $RUNS; do
     IFS=: read -r name tp ar chunk <<< "$run"
     stamp "logits, $name"
@@ -63,7 +63,7 @@ if has logits; then
     $(for run in $RUNS; do echo "${run%%:*}=$W/logits-${run%%:*}.f32"; done)
 fi
 if has bench; then
-  for run in "tp${TP}_oneshot:$TP:one-shot" "tp$TP:$TP:nccl" "tp1:1:nccl"; do
+  for run in "tp${TP}_push:$TP:one-shot-push" "tp$TP:$TP:nccl" "tp1:1:nccl"; do
     IFS=: read -r name tp ar <<< "$run"
     stamp "decode speed, $name"
     timeout 150 "$W/server" cuda-bench --model "$W/8b" --batch "$BATCHES" --prompt 128 \
@@ -72,7 +72,7 @@ if has bench; then
 fi
 if has fault; then
   # Rank 1's thread stops at its 10th step; rank 0 must report it within the deadline.
-  for ar in nccl one-shot; do
+  for ar in nccl one-shot-push; do
     stamp "a dead rank ($ar)"
     t=$(date +%s)
     VIBESERVE_TP_FAULT=1:10 VIBESERVE_NCCL_TIMEOUT_S=5 timeout 120 "$W/server" cuda-bench \
@@ -91,12 +91,14 @@ elif has peer; then
   stamp "llama.cpp: waiting for the 8B GGUF"
   wait "$GGUF"; tail -2 "$W/gguf.log"
   FA=(off on)  # llama-batched-bench spells -fa on|off, llama-bench 1|0
-  for sm in layer row; do
+  # -sm tensor is this build's tensor parallelism (flash attention required; peer access
+  # on, as GGML_CUDA_P2P asks); -sm row is tried too, and its refusal kept in the log.
+  for sm in layer tensor row; do
     stamp "llama.cpp -sm $sm"
     for fa in 1 0; do  # -sm row may refuse flash attention: then without
-      timeout 60 "$B/llama-bench" -m "$P/8b.gguf" -ngl 99 -fa $fa -sm "$sm" -p 0 -n "$GEN" -r 1 -o md \
+      GGML_CUDA_P2P=1 timeout 60 "$B/llama-bench" -m "$P/8b.gguf" -ngl 99 -fa $fa -sm "$sm" -p 0 -n "$GEN" -r 1 -o md \
         > "$R/llama_bench_$sm.md" 2>&1
-      timeout 90 "$B/llama-batched-bench" -m "$P/8b.gguf" -ngl 99 -fa "${FA[$fa]}" -sm "$sm" -c 33024 \
+      GGML_CUDA_P2P=1 timeout 90 "$B/llama-batched-bench" -m "$P/8b.gguf" -ngl 99 -fa "${FA[$fa]}" -sm "$sm" -c 33024 \
         -b 2048 -ub 512 -npp 128 -ntg "$GEN" -npl "$BATCHES" > "$R/batched_$sm.log" 2>&1
       grep -h "^|" "$R/llama_bench_$sm.md" "$R/batched_$sm.log"
       (echo "== -sm $sm -fa $fa"; cat "$R/llama_bench_$sm.md" "$R/batched_$sm.log") >> "$OUT/llamacpp.log"

@@ -1,9 +1,9 @@
 #!/bin/bash
 # Serving comparison of the tensor-parallel 8B, in one device call: our HTTP server at
 # TP = 2 (GPUs 0 and 1) and TP = 1 (GPU 0), and llama.cpp's llama-server split over GPUs 0
-# and 1 (-sm layer), each sent the 8B target's workload (token-id completions, 128-1024
-# in, 64-512 out, ignore_eos) at 32 and then 128 concurrent requests by `cargo vibeserve
-# bench --url` (streaming: output tok/s and TTFT percentiles).
+# and 1 (-sm tensor, then -sm layer), each sent the 8B target's workload (token-id
+# completions, 128-1024 in, 64-512 out, ignore_eos) at 32 and then 128 concurrent requests
+# by `cargo vibeserve bench --url` (streaming: output tok/s and TTFT percentiles).
 #
 # Usage (on the GPU machine, from the repository root):
 #   bash DIR/tp_serve.sh DIR
@@ -11,7 +11,9 @@
 # servers of targets/llama-3.1-8b-h200x2 and llama-3.1-8b-h100), materialize.xz,
 # cargo-vibeserve.xz; config-8b.json, workload.jsonl (targets/llama-3.1-8b-h200x2's) and
 # peer/ (a copy of ../shared/peers/llamacpp-cuda). Env: CONC (32,128), BENCH_LIMIT (90 s
-# per server), END (300 s: no server is started after it). Results: $OUT/serve_*.json
+# per server), END (420 s: no server is started after it), WORKLOAD (DIR/workload.jsonl;
+# the target's own file in the checkout also serves, to keep the carry under its limit),
+# OURS (1; 0 runs llama.cpp alone), PEERS (llama.cpp's split modes, "tensor layer"). Results: $OUT/serve_*.json
 # (the bench's JSON) and a printed table.
 set -u
 G=$(cd "${1:?usage: tp_serve.sh DIR}" && pwd)
@@ -31,7 +33,9 @@ NCCL=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl._
 [ -f "$NCCL" ] || NCCL=$(find / -name 'libnccl.so.2*' -not -path '/proc/*' 2>/dev/null | head -1)
 ln -sf "$NCCL" "$W/lib/libnccl.so"
 export LD_LIBRARY_PATH=$W/lib:$(dirname "$CUBLAS"):${LD_LIBRARY_PATH:-}
-for b in server-tp2 server-tp1 materialize cargo-vibeserve; do
+BINARIES="cargo-vibeserve"
+[ "${OURS:-1}" = 1 ] && BINARIES="server-tp2 server-tp1 materialize $BINARIES"
+for b in $BINARIES; do
   xz -dc "$G/$b.xz" > "$W/$b" && chmod +x "$W/$b" || exit 1
 done
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
@@ -41,11 +45,13 @@ P=${PEER_WORK:-/tmp/llamacpp-peer}; B=$P/llamacpp-cuda-b11434
 (bash "$G/peer/run.sh" gguf 8b "$P/8b.gguf" > "$W/gguf.log" 2>&1) &
 GGUF=$!
 M=/dev/shm/vs-models; mkdir -p "$M"
-stamp "materialize 8B"
-"$W/materialize" --config "$G/config-8b.json" --seed 0 --out "$M/8b" > /dev/null || exit 1
+if [ "${OURS:-1}" = 1 ]; then
+  stamp "materialize 8B"
+  "$W/materialize" --config "$G/config-8b.json" --seed 0 --out "$M/8b" > /dev/null || exit 1
+fi
 # Every server gets the same bodies; `model` is left to the bench (each server's own).
 python3 -c "import json,sys; [print(json.dumps({k: v for k, v in json.loads(l).items() if k != 'model'})) for l in open(sys.argv[1])]" \
-  "$G/workload.jsonl" > "$W/workload.jsonl"
+  "${WORKLOAD:-$G/workload.jsonl}" > "$W/workload.jsonl"
 
 up() { # port pid
   for _ in $(seq 180); do
@@ -68,25 +74,36 @@ measure() { # name port pid
   kill "$3"; wait "$3" 2>/dev/null
 }
 ours() { # name binary gpus port
-  [ "$(now)" -lt "${END:-300}" ] || { echo "skipping $1: past ${END:-300} s"; return; }
+  [ "$(now)" -lt "${END:-420}" ] || { echo "skipping $1: past ${END:-420} s"; return; }
   stamp "our server $1 on GPUs $3"
   CUDA_VISIBLE_DEVICES=$3 "$W/$2" serve --model "$M/8b" --port "$4" > "$R/$1.server.log" 2>&1 &
   measure "$1" "$4" $!
   tail -3 "$R/$1.server.log"
 }
-ours tp2 server-tp2 0,1 8101
-ours tp1 server-tp1 0 8102
+if [ "${OURS:-1}" = 1 ]; then
+  ours tp2 server-tp2 0,1 8101
+  ours tp1 server-tp1 0 8102
+fi
 rm -rf "$M/8b"
 stamp "llama.cpp: waiting for the 8B GGUF"
 wait "$GGUF"; tail -2 "$W/gguf.log"
-if [ "$(now)" -lt "${END:-300}" ]; then
-  # run.sh serve's flags (-ngl 99 -fa on), split by layer over two GPUs, and 2048
-  # tokens a slot: the workload's longest request is 1536.
-  n=${CONC##*,}
-  CUDA_VISIBLE_DEVICES=0,1 "$B/llama-server" -m "$P/8b.gguf" -ngl 99 -fa on -sm layer \
-    --parallel "$n" -c $((n * 2048)) --port 8103 > "$R/llama.server.log" 2>&1 &
-  measure llamacpp_sm_layer 8103 $!
-fi
+peer() { # split-mode port
+  [ "$(now)" -lt "${END:-420}" ] || { echo "skipping llama.cpp -sm $1: past ${END:-420} s"; return; }
+  stamp "llama-server -sm $1 on GPUs 0,1"
+  # run.sh serve's flags (-ngl 99 -fa on), split over two GPUs with peer access on
+  # (GGML_CUDA_P2P), and 2048 tokens a slot: the workload's longest request is 1536.
+  local n=${CONC##*,}
+  CUDA_VISIBLE_DEVICES=0,1 GGML_CUDA_P2P=1 "$B/llama-server" -m "$P/8b.gguf" -ngl 99 -fa on \
+    -sm "$1" --parallel "$n" -c $((n * 2048)) --port "$2" > "$R/llama_$1.server.log" 2>&1 &
+  measure "llamacpp_sm_$1" "$2" $!
+  tail -3 "$R/llama_$1.server.log"
+}
+# By tensor: this build's tensor parallelism (its -sm row is refused: no split buffers).
+port=8103
+for sm in ${PEERS:-tensor layer}; do
+  peer "$sm" $port
+  port=$((port + 1))
+done
 stamp "summary"
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys

@@ -8,6 +8,11 @@ import re
 import sys
 
 
+# llama.cpp's multi-GPU modes: by layer, by tensor (its tensor parallelism, b11277 on) and
+# by row (the older row split; this build's CUDA back end refuses it).
+SPLIT_MODES = ("layer", "tensor", "row")
+
+
 def load(path):
     try:
         with open(path) as f:
@@ -55,10 +60,11 @@ def main():
     ours = {name: load(os.path.join(res, f"bench_{name}.json")) for name in names}
     speed = {name: decode_by_batch(b) for name, b in ours.items()}
     peers = {}
-    for sm in ("layer", "row"):
+    for sm in SPLIT_MODES:
         batched = llama_batched(res, sm)
+        # Batch 1 from llama-bench's tg (its best figure: above batched-bench's B=1 row).
         tg = llama_tg(res, sm)
-        if tg and 1 not in batched:
+        if tg:
             batched[1] = tg
         peers[f"llamacpp_sm_{sm}"] = batched
     batches = sorted({b for s in list(speed.values()) + list(peers.values()) for b in s})
@@ -70,7 +76,7 @@ def main():
                 continue
             top = speed[name].get(b)
             row[f"{name}_vs_tp1"] = ratio(top, speed.get("tp1", {}).get(b))
-            for sm in ("layer", "row"):
+            for sm in SPLIT_MODES:
                 row[f"{name}_vs_llamacpp_sm_{sm}"] = ratio(top, peers[f"llamacpp_sm_{sm}"].get(b))
         table[b] = row
     fault = [json.loads(line) for line in (read("fault.jsonl") or "").splitlines() if line.strip()]
@@ -95,7 +101,10 @@ def main():
         print(f"batch {b}: " + ", ".join(f"{c} {fmt(c, row[c])}" for c in cols), file=out)
     for k, v in (summary["agreement"] or {}).items():
         if isinstance(v, dict):
-            print(f"{k}: rel err {v['logits_rel_err']:.4f}, top-1 {100 * v['top1_agreement']:.1f}%", file=out)
+            decided = ", ".join(f"{100 * m['top1_agreement']:.1f}% of {m['positions']} leading by {m['min_lead_nats']}"
+                                for m in v.get("top1_by_reference_lead", []) if m["top1_agreement"] is not None)
+            print(f"{k}: rel err {v['logits_rel_err']:.4f}, top-1 {100 * v['top1_agreement']:.1f}%"
+                  + (f" ({decided})" if decided else ""), file=out)
     for f in fault:
         print(f"dead rank ({f['all_reduce']}): exit {f['exit_code']} after {f['seconds']} s, hung: {f['hung']}: {f['message'].strip().splitlines()[-1] if f['message'].strip() else ''}", file=out)
 
