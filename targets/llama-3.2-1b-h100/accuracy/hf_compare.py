@@ -9,10 +9,19 @@ tokenizer.json, written by the generated crate's `materialize`). For each prompt
 prompts file (its `prompt` token-id list, first --max-len ids), the server scores the
 prompt under teacher forcing (/v1/completions with echo, logprobs=1, max_tokens=0) and
 transformers' LlamaForCausalLM runs the same ids in float32 on the same bf16 weights.
-It passes (exit 0) when, over all positions, the server's most likely next token equals
-the reference's (compared as token text, as the OpenAI API returns it) at least
---min-top1 of the time, and the log probability of each actual next token is within
---max-logprob-err of the reference's on average. Runs on the GPU machine (torch, CUDA).
+It passes (exit 0) when the server's most likely next token equals the reference's
+(compared as token text, as the OpenAI API returns it) at least --min-top1 of the time
+over all positions, and at least --min-top1-decided of the time over the positions the
+reference decides (its top-1 leads its runner-up by --decided-lead nats or more), and
+the log probability of each actual next token is within --max-logprob-err of the
+reference's on average. Runs on the GPU machine (torch, CUDA).
+
+Why two top-1 gates: random weights give flat logits, whose top two are often closer
+than bf16 rounding moves them; there top-1 is a coin toss for any bf16 computation
+(transformers' own bf16 run agrees with its float32 run on 82-93% of the positions), so
+over all positions only a loose gate is fair. Where the reference leads by a quarter of
+a nat, bf16 noise does not flip the order, and a correct server must agree (measured on
+the 8B, 2026-11-27: 100% of such positions, prompt chunks and one token a step alike).
 
 With --shard-gib N (a model too large for one GPU in float32: the 70B shape would need
 282 GB), the reference runs in bf16 (or --shard-dtype float32) with its layers spread
@@ -71,7 +80,8 @@ def _reference(torch, model, tokenizer, ids):
     logprobs = torch.log_softmax(logits, dim=-1)[:-1]
     top1 = [tokenizer.decode([int(i)], skip_special_tokens=False) for i in logprobs.argmax(-1)]
     actual = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0]
-    return top1, actual.tolist()
+    best2 = logprobs.topk(2, dim=-1).values
+    return top1, actual.tolist(), (best2[:, 0] - best2[:, 1]).tolist()
 
 
 def load(model_dir, shard_gib, shard_dtype):
@@ -89,6 +99,7 @@ def cache_key(args, prompts_bytes):
     """What the reference depends on: prompts, settings, library versions, the weights."""
     h = hashlib.sha256()
     h.update(prompts_bytes)
+    h.update(b"\0fields=top1,logprobs,lead\0")  # what a cached reference holds
     setting = "float32" if args.shard_gib is None else f"{args.shard_dtype}-shard-{args.shard_gib}GiB"
     h.update(f"\0max-len={args.max_len}\0{setting}\0".encode())
     h.update(f"torch={version('torch')}\0transformers={version('transformers')}\0".encode())
@@ -105,7 +116,7 @@ def compute_reference(args, prompts):
 
     model = load(args.model, args.shard_gib, args.shard_dtype)
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
-    return [dict(zip(("top1", "logprobs"), reference(model, tokenizer, ids))) for ids in prompts]
+    return [dict(zip(("top1", "logprobs", "lead"), reference(model, tokenizer, ids))) for ids in prompts]
 
 
 def cached_reference(args, prompts, prompts_bytes):
@@ -137,7 +148,11 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--prompts", required=True)
     p.add_argument("--max-len", type=int, default=256)
-    p.add_argument("--min-top1", type=float, default=0.99)
+    p.add_argument("--min-top1", type=float, default=0.9)
+    p.add_argument("--min-top1-decided", type=float, default=0.99,
+                   help="top-1 gate over the decided positions (0: no gate)")
+    p.add_argument("--decided-lead", type=float, default=0.25,
+                   help="nats by which the reference's top-1 must lead for a decided position")
     p.add_argument("--max-logprob-err", type=float, default=0.05)
     p.add_argument("--shard-gib", type=int, default=None)
     p.add_argument("--shard-dtype", choices=["bfloat16", "float32"], default="bfloat16")
@@ -152,17 +167,25 @@ def main():
     refs = cached_reference(args, prompts, prompts_bytes)
     if args.reference_only:
         return
-    agree, total, err = 0, 0, 0.0
+    agree, total, err, agree_decided, decided = 0, 0, 0.0, 0, 0
     for ids, ref in zip(prompts, refs):
         ours_top, ours_lp = server_scores(args.url, ids)
         ref_top, ref_lp = ref["top1"], ref["logprobs"]
-        agree += sum(a == b for a, b in zip(ours_top, ref_top))
+        same = [a == b for a, b in zip(ours_top, ref_top)]
+        agree += sum(same)
         err += sum(abs(a - b) for a, b in zip(ours_lp, ref_lp))
         total += len(ref_top)
+        for hit, lead in zip(same, ref["lead"]):
+            if lead >= args.decided_lead:
+                decided += 1
+                agree_decided += hit
     top1, mean_err = agree / total, err / total
-    print(f"teacher-forced top-1 agreement {top1:.4f} over {total} positions; "
-          f"mean |logprob error| {mean_err:.4f}")
-    ok = top1 >= args.min_top1 and mean_err <= args.max_logprob_err
+    top1_decided = agree_decided / decided if decided else 1.0
+    print(f"teacher-forced top-1 agreement {top1:.4f} over {total} positions, "
+          f"{top1_decided:.4f} over the {decided} where the reference leads by "
+          f"{args.decided_lead} nats or more; mean |logprob error| {mean_err:.4f}")
+    ok = (top1 >= args.min_top1 and top1_decided >= args.min_top1_decided
+          and mean_err <= args.max_logprob_err)
     sys.exit(0 if ok else 1)
 
 
