@@ -13,8 +13,9 @@
 # peer/ (a copy of ../shared/peers/llamacpp-cuda). Env: CONC (32,128), BENCH_LIMIT (90 s
 # per server), END (420 s: no server is started after it), WORKLOAD (DIR/workload.jsonl;
 # the target's own file in the checkout also serves, to keep the carry under its limit),
-# OURS (1; 0 runs llama.cpp alone), PEERS (llama.cpp's split modes, "tensor layer"). Results: $OUT/serve_*.json
-# (the bench's JSON) and a printed table.
+# OURS (1; 0 runs llama.cpp alone), PEERS (llama.cpp's split modes, "tensor layer").
+# Results: $OUT/serve_*.json (the bench's JSON), the servers' and benches' logs (their
+# last 200 kB) and a printed table.
 set -u
 G=$(cd "${1:?usage: tp_serve.sh DIR}" && pwd)
 OUT=${OUT:-/tmp/out}; W=${VS_WORK:-/tmp/vs}; R=$W/serve
@@ -105,6 +106,7 @@ for sm in ${PEERS:-tensor layer}; do
   port=$((port + 1))
 done
 stamp "summary"
+for f in "$R"/*.log; do tail -c 200000 "$f" > "$OUT/$(basename "$f")"; done
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys
 def runs(d, conc=None):
