@@ -29,11 +29,11 @@ def figures(ours, ref):
     same = ours.argmax(-1) == ref.argmax(-1)
     top2 = ref.topk(2, dim=-1).values
     lead = top2[:, 0] - top2[:, 1]
-    by_margin = [
-        {"min_lead_nats": m, "positions": int((lead >= m).sum()),
-         "top1_agreement": same[lead >= m].float().mean().item() if (lead >= m).any() else None}
-        for m in MARGINS
-    ]
+    by_margin = []
+    for m in MARGINS:
+        decided = lead >= m
+        agreement = same[decided].float().mean().item() if decided.any() else None
+        by_margin.append({"min_lead_nats": m, "positions": int(decided.sum()), "top1_agreement": agreement})
     return {"logits_rel_err": rel, "top1_agreement": same.float().mean().item(),
             "top1_by_reference_lead": by_margin}
 

@@ -43,9 +43,18 @@ for t in ${TARGETS:-llama-3.2-1b-h100 llama-3.1-8b-h100}; do
   accuracy "$t" "$M" --reference-only || { echo "$t: no reference"; rm -rf "$M"; continue; }
   "$W/server" serve --model "$M" --port 8200 > "$W/$t.log" 2>&1 &
   SP=$!
-  for _ in $(seq 180); do curl -sf localhost:8200/health > /dev/null && break; sleep 1; done
-  echo "== $t: the accuracy command ($(now) s)"
-  accuracy "$t" "$M"
-  echo "$t: exit $? ($(now) s)"
+  up=0
+  for _ in $(seq 180); do
+    curl -sf localhost:8200/health > /dev/null && { up=1; break; }
+    kill -0 "$SP" 2>/dev/null || break
+    sleep 1
+  done
+  if [ "$up" = 1 ]; then
+    echo "== $t: the accuracy command ($(now) s)"
+    accuracy "$t" "$M"
+    echo "$t: exit $? ($(now) s)"
+  else
+    echo "$t: our server did not come up"; tail -5 "$W/$t.log"
+  fi
   kill "$SP"; wait "$SP" 2>/dev/null; rm -rf "$M"
 done
