@@ -117,6 +117,13 @@ pub struct CudaPlan {
     /// error (below the communicator's deadline, so a step fails instead of hanging).
     #[serde(default = "default_one_shot_timeout_ms")]
     pub one_shot_timeout_ms: usize,
+    /// Microseconds a host thread of a tensor-parallel server polls without sleeping
+    /// while it waits for a rank's step to finish on the GPU or for another thread's
+    /// message (leader and ranks); after that it sleeps between polls. A sleeping thread
+    /// wakes tens of microseconds late, a cost every decode step pays twice or more.
+    /// Absent in older plans: 0 (sleep at once, as before).
+    #[serde(default)]
+    pub host_spin_us: usize,
     /// Products of at most this many tokens (decode at small batch) run the hand-written
     /// bandwidth-bound GEMV kernel instead of cuBLAS; 0: cuBLAS always (at most 8).
     #[serde(default = "default_gemv_max_tokens_before")]
@@ -198,6 +205,12 @@ fn default_one_shot_max_blocks() -> usize {
 
 /// Round 0's one-shot wait: 10 s, a third of the communicator's 30 s deadline.
 fn default_one_shot_timeout_ms() -> usize {
+    10_000
+}
+
+/// Round 0's host spin: 10 ms, longer than a decode step of an 8B model at batch 32, so
+/// a busy server's threads never sleep between steps; an idle one sleeps after 10 ms.
+fn default_host_spin_us() -> usize {
     10_000
 }
 
@@ -489,6 +502,7 @@ pub fn default_cuda(arch: &str, gpus: usize) -> CudaPlan {
         one_shot_max_bytes: default_one_shot_max_bytes(),
         one_shot_max_blocks: default_one_shot_max_blocks(),
         one_shot_timeout_ms: default_one_shot_timeout_ms(),
+        host_spin_us: default_host_spin_us(),
         gemv_max_tokens: default_gemv_max_tokens(),
         gemv_mma_min_tokens: default_gemv_mma_min_tokens(),
         gemv_mma_warps: default_gemv_mma_warps(),
@@ -625,6 +639,7 @@ impl Plan {
             c("ONE_SHOT_MAX_BYTES", int(cuda.one_shot_max_bytes)),
             c("ONE_SHOT_MAX_BLOCKS", int(cuda.one_shot_max_blocks)),
             c("ONE_SHOT_TIMEOUT_MS", int(cuda.one_shot_timeout_ms)),
+            c("HOST_SPIN_US", int(cuda.host_spin_us)),
             c("CUDA_GEMV_MAX_TOKENS", int(cuda.gemv_max_tokens)),
             c("CUDA_GEMV_MMA_MIN_TOKENS", int(cuda.gemv_mma_min_tokens)),
             c("CUDA_GEMV_MMA_WARPS", int(cuda.gemv_mma_warps)),
@@ -776,6 +791,7 @@ mod tests {
             "one_shot_max_bytes",
             "one_shot_max_blocks",
             "one_shot_timeout_ms",
+            "host_spin_us",
             "gemv_max_tokens",
             "gemv_rows_per_warp",
             "gemv_warps",
@@ -807,7 +823,10 @@ mod tests {
         assert_eq!(old.attn_stages, 1);
         assert_eq!(old.attn_target_blocks, 528);
         assert_eq!(old.gemv_warps_per_sm, 24);
+        // Before the host threads of a tensor-parallel server spun while they waited.
+        assert_eq!(old.host_spin_us, 0);
         let old = CudaPlan {
+            host_spin_us: default_host_spin_us(),
             attn_stages: default_attn_stages(),
             attn_target_blocks: default_attn_target_blocks(),
             gemv_warps_per_sm: default_gemv_warps_per_sm(),

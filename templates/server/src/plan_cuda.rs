@@ -105,6 +105,10 @@ pub const ONE_SHOT_MAX_BLOCKS: usize = 32;
 /// How long a one-shot all-reduce waits for a peer before it flags an error (below the
 /// communicator's deadline, so a step fails instead of hanging).
 pub const ONE_SHOT_TIMEOUT_MS: usize = 10_000;
+/// Microseconds a host thread of a tensor-parallel server polls without sleeping while
+/// it waits for the GPU or another thread (a sleeping thread wakes tens of microseconds
+/// late, every decode step); then it sleeps between polls.
+pub const HOST_SPIN_US: usize = 10_000;
 
 /// The all-reduce that sums tensor-parallel partial outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use cudarc::driver::{CudaStream, result as drv, sys as drv_sys};
 use cudarc::nccl::sys as nccl;
 
 use super::CudaError;
+use super::spin::Spin;
 
 /// How long a collective (or a step holding one) may take before the communicator is
 /// aborted; `VIBESERVE_NCCL_TIMEOUT_S` overrides it. A correctness bound, not a tuning
@@ -21,7 +22,8 @@ use super::CudaError;
 /// well under a second.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Polls between checks of a running step (short: a decode step is a few milliseconds).
+/// Sleeps between checks of a running step once the plan's spin is over (short: a
+/// decode step is a few milliseconds).
 const POLL: Duration = Duration::from_micros(20);
 
 /// NCCL's `NCCL_CONFIG_UNDEF_INT`: "use the default".
@@ -224,6 +226,7 @@ impl Comm {
         let event = stream
             .record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
             .map_err(CudaError::driver)?;
+        let spin = Spin::start();
         loop {
             // SAFETY: the event is live until the end of this function.
             match unsafe { drv::event::query(event.cu_event()) } {
@@ -239,7 +242,7 @@ impl Comm {
                     self.rank, self.world, self.timeout
                 )));
             }
-            std::thread::sleep(POLL);
+            spin.pause(POLL);
         }
     }
 

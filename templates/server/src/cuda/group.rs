@@ -16,6 +16,7 @@ use cudarc::driver::CudaContext;
 
 use super::comm::{self, Comm};
 use super::config::HfConfig;
+use super::spin;
 use super::{CommChoice, CudaError, CudaLlama, Rank, StepInput};
 use crate::shard::{Shard, check_split};
 
@@ -228,7 +229,7 @@ impl Ranks {
         let mut first_error = None;
         for (rank, w) in self.workers.iter().enumerate() {
             // Wait for every rank even after one failed, so no reply is left queued.
-            match w.replies.recv_timeout(timeout) {
+            match spin::recv(&w.replies, Some(timeout)) {
                 Ok(Ok(reply)) => replies.push(reply),
                 Ok(Err(why)) => {
                     first_error.get_or_insert(why);
@@ -345,7 +346,7 @@ fn fault_step(rank: usize) -> Option<usize> {
 /// A rank's loop: one job at a time until the leader hangs up.
 fn serve_rank(mut model: CudaLlama, jobs: &Receiver<Job>, replies: &Sender<Result<Reply, String>>) {
     let (fault, mut steps) = (fault_step(model.rank()), 0);
-    while let Ok(job) = jobs.recv() {
+    while let Ok(job) = spin::recv(jobs, None) {
         let reply = match job {
             Job::Step(_) if fault == Some(steps) => return,
             Job::Abort => {

@@ -13,6 +13,7 @@ pub mod model;
 pub mod oneshot;
 pub mod overlap;
 pub mod serve;
+mod spin;
 pub mod step;
 pub mod weights;
 
