@@ -6,7 +6,7 @@
 mod cuda;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output};
 
 use vibeserve::generate::FileSet;
 
@@ -19,6 +19,25 @@ fn repo_root() -> PathBuf {
 }
 
 /// Runs `cargo-vibeserve vibeserve ARGS` from the repository root.
+/// The cargo target directory the tests build in (where `generate` puts crates too).
+fn tests_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// `cargo ARGS --release --offline --locked` on the generated crate in `crate_dir`.
+fn cargo_on_crate(args: &[&str], crate_dir: &Path, target_dir: &Path) -> ExitStatus {
+    Command::new(env!("CARGO"))
+        .args(args)
+        .args(["--release", "--offline", "--locked", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("cargo runs")
+}
+
 fn vibeserve(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cargo-vibeserve"))
         .arg("vibeserve")
@@ -254,9 +273,11 @@ fn template_plan_cuda_rs_is_the_cuda_targets_round0() {
 }
 
 /// Both CUDA targets' generated crates compile — kernels through nvcc, launcher
-/// declarations through bindgen — on a machine with no GPU. `.ci/run` installs nvcc
-/// (pip `nvidia-cuda-nvcc==13.0.*` and friends, `CUDA_HOME` exported), so this runs in
-/// CI; on a machine without nvcc it prints that it is skipped and passes.
+/// declarations through bindgen — on a machine with no GPU, and the CUDA part's unit
+/// tests pass there (those that need a GPU are ignored with "needs a CUDA device", and
+/// show as such in the output). `.ci/run` installs nvcc (pip `nvidia-cuda-nvcc==13.0.*`
+/// and friends, `CUDA_HOME` exported), so this runs in CI; on a machine without nvcc it
+/// prints that it is skipped and passes.
 #[test]
 fn cuda_generated_crates_build_without_a_gpu() {
     let Some(nvcc) = cuda::nvcc() else {
@@ -266,9 +287,7 @@ fn cuda_generated_crates_build_without_a_gpu() {
         return;
     };
     println!("building the CUDA targets' crates with {}", nvcc.display());
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
+    let target_dir = tests_target_dir();
     for (folder, name) in [
         ("llama-3.2-1b-h100", "llama-3-2-1b-h100"),
         ("llama-3.1-8b-h100", "llama-3-1-8b-h100"),
@@ -280,24 +299,19 @@ fn cuda_generated_crates_build_without_a_gpu() {
             String::from_utf8_lossy(&out.stderr)
         );
         let crate_dir = target_dir.join("vibeserve").join(name).join("server");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--offline",
-                "--locked",
-                "--manifest-path",
-            ])
-            .arg(crate_dir.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .expect("cargo runs");
         assert!(
-            status.success(),
+            cargo_on_crate(&["build"], &crate_dir, &target_dir).success(),
             "the generated {name} crate does not build"
         );
     }
+    // The CUDA part's code is the same in both crates (only plan constants differ): its
+    // unit tests run once, in the 1B's. The core's run in the template crate (some of
+    // them size their cases by the template's own plan, not a CUDA target's).
+    let crate_dir = target_dir.join("vibeserve/llama-3-2-1b-h100/server");
+    assert!(
+        cargo_on_crate(&["test", "--lib", "cuda::"], &crate_dir, &target_dir).success(),
+        "the generated CUDA crate's unit tests fail"
+    );
 }
 
 /// The generated crate builds on its own, offline, with its pinned lockfile. It is built
@@ -310,25 +324,10 @@ fn generated_crate_builds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
+    let target_dir = tests_target_dir();
     let crate_dir = target_dir.join("vibeserve/smollm2-cpu/server");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--offline",
-            "--locked",
-            "--manifest-path",
-        ])
-        .arg(crate_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .expect("cargo runs");
     assert!(
-        status.success(),
+        cargo_on_crate(&["build"], &crate_dir, &target_dir).success(),
         "the generated smollm2-cpu crate does not build"
     );
 }
