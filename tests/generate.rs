@@ -4,27 +4,15 @@
 
 #[path = "support/cuda.rs"]
 mod cuda;
+// Only the workspace's paths: the rest of the shared support is for whole builds.
+#[allow(dead_code)]
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Output};
 
+use support::{root, target_dir};
 use vibeserve::generate::FileSet;
-
-/// The repository root (the test runs from the cargo-vibeserve package folder).
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("cargo-vibeserve sits inside the repository")
-        .to_path_buf()
-}
-
-/// Runs `cargo-vibeserve vibeserve ARGS` from the repository root.
-/// The cargo target directory the tests build in (where `generate` puts crates too).
-fn tests_target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-}
 
 /// `cargo ARGS --release --offline --locked` on the generated crate in `crate_dir`.
 fn cargo_on_crate(args: &[&str], crate_dir: &Path, target_dir: &Path) -> ExitStatus {
@@ -38,11 +26,12 @@ fn cargo_on_crate(args: &[&str], crate_dir: &Path, target_dir: &Path) -> ExitSta
         .expect("cargo runs")
 }
 
+/// Runs `cargo-vibeserve vibeserve ARGS` from the repository root.
 fn vibeserve(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cargo-vibeserve"))
         .arg("vibeserve")
         .args(args)
-        .current_dir(repo_root())
+        .current_dir(root())
         .env("NO_COLOR", "1")
         .output()
         .expect("cargo-vibeserve runs")
@@ -84,7 +73,7 @@ fn read_tree(dir: &Path) -> FileSet {
 
 /// The committed targets whose model this machine has (CPU targets: all of them today).
 fn committed_targets() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("targets"))
+    let mut names: Vec<String> = std::fs::read_dir(root().join("targets"))
         .expect("targets/ exists")
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("Serve.toml").is_file())
@@ -204,8 +193,7 @@ fn template_plan_rs_is_the_default_targets_round0() {
         .skip_while(|l| l.is_empty())
         .map(|l| format!("{l}\n"))
         .collect();
-    let template =
-        std::fs::read_to_string(repo_root().join("templates/server/src/plan.rs")).unwrap();
+    let template = std::fs::read_to_string(root().join("templates/server/src/plan.rs")).unwrap();
     assert_eq!(
         body, template,
         "templates/server/src/plan.rs drifted from smollm2-cpu's round-0 plan"
@@ -264,7 +252,7 @@ fn template_plan_cuda_rs_is_the_cuda_targets_round0() {
             .map(|l| format!("{l}\n"))
             .collect();
         let template =
-            std::fs::read_to_string(repo_root().join("templates/server/src/plan_cuda.rs")).unwrap();
+            std::fs::read_to_string(root().join("templates/server/src/plan_cuda.rs")).unwrap();
         assert_eq!(
             body, template,
             "templates/server/src/plan_cuda.rs drifted from {target}'s round-0 plan"
@@ -287,7 +275,7 @@ fn cuda_generated_crates_build_without_a_gpu() {
         return;
     };
     println!("building the CUDA targets' crates with {}", nvcc.display());
-    let target_dir = tests_target_dir();
+    let target_dir = target_dir();
     for (folder, name) in [
         ("llama-3.2-1b-h100", "llama-3-2-1b-h100"),
         ("llama-3.1-8b-h100", "llama-3-1-8b-h100"),
@@ -324,7 +312,7 @@ fn generated_crate_builds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let target_dir = tests_target_dir();
+    let target_dir = target_dir();
     let crate_dir = target_dir.join("vibeserve/smollm2-cpu/server");
     assert!(
         cargo_on_crate(&["build"], &crate_dir, &target_dir).success(),
