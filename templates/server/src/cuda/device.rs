@@ -225,6 +225,77 @@ impl Gpu {
             .map_err(CudaError::driver)?;
         self.sync()
     }
+
+    /// Enqueues a copy of a device buffer into the first `len` values of `dst` without
+    /// waiting: they hold the copy once the stream has been waited for, so the copy rides
+    /// on the wait the caller makes anyway.
+    pub fn download_later<T: Copy>(
+        &self,
+        dst: &mut Pinned<T>,
+        len: usize,
+        src: u64,
+    ) -> Result<(), CudaError> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: src holds at least `len` values (callers' sizing); `dst` is pinned and
+        // owned by the caller, who reads it only after waiting for the stream.
+        unsafe { drv::memcpy_dtoh_async(&mut dst[..len], src, self.stream.cu_stream()) }
+            .map_err(CudaError::driver)
+    }
+}
+
+/// Page-locked host memory. Copies from and to it are plain DMA the driver queues as
+/// they are, where pageable memory costs a staging copy (and a wait, device to host):
+/// a step's inputs go up in one copy and its tokens come back with the step's own wait.
+/// The host must not touch it while a queued copy may still be using it.
+pub struct Pinned<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: an owned allocation like a Vec's; the model that holds it moves to the engine
+// thread before first use.
+unsafe impl<T: Send> Send for Pinned<T> {}
+
+impl<T: Copy + Default> Pinned<T> {
+    /// Allocates `len` values, set to the default.
+    pub fn new(len: usize) -> Result<Self, CudaError> {
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        // SAFETY: plain allocation in the current context.
+        let ptr = unsafe { drv::malloc_host(bytes, 0) }.map_err(|e| {
+            if e.0 == drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                CudaError::Model(format!("cannot pin {bytes} bytes of host memory"))
+            } else {
+                CudaError::driver(e)
+            }
+        })? as *mut T;
+        // SAFETY: the allocation holds `len` values of T, suitably aligned (page-aligned).
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }.fill(T::default());
+        Ok(Self { ptr, len })
+    }
+}
+
+impl<T> std::ops::Deref for Pinned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` initialised values live at `ptr` until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T> std::ops::DerefMut for Pinned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, borrowed uniquely through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl<T> Drop for Pinned<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_host and freed once; errors at teardown are moot.
+        let _ = unsafe { drv::free_host(self.ptr.cast()) };
+    }
 }
 
 /// What a fused GEMV reads as its token vectors.
@@ -389,5 +460,26 @@ mod tests {
         let mut back = vec![0f32; data.len()];
         gpu.download(&mut back, buf.ptr).expect("download");
         assert_eq!(back, data);
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn pinned_copies_arrive_once_the_stream_is_waited_for() {
+        let gpu = Gpu::open(0).expect("a CUDA device");
+        let mut up = Pinned::<i32>::new(1000).expect("pinned memory");
+        for (i, v) in up.iter_mut().enumerate() {
+            *v = i as i32 * 3 - 500;
+        }
+        let buf = DevBuf::new(up.len() * 4).expect("device memory");
+        gpu.upload(buf.ptr, &up).expect("upload");
+        let mut back = Pinned::<i32>::new(up.len()).expect("pinned memory");
+        gpu.download_later(&mut back, 600, buf.ptr)
+            .expect("queued download");
+        gpu.sync().expect("wait");
+        assert_eq!(back[..600], up[..600]);
+        assert!(
+            back[600..].iter().all(|&v| v == 0),
+            "only `len` values are copied"
+        );
     }
 }

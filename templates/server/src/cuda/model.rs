@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use cudarc::driver::{CudaGraph, CudaStream, sys as drv_sys};
+use cudarc::driver::{CudaEvent, CudaGraph, CudaStream, sys as drv_sys};
 
 use super::comm::Comm;
 use super::config::HfConfig;
-use super::device::{DevBuf, Gpu};
+use super::device::{DevBuf, Gpu, Pinned};
 use super::oneshot::PeerSum;
 use super::overlap::{CommChoice, SideStream};
 use super::step::Layout;
@@ -28,8 +28,6 @@ mod forward;
 /// Activations and step inputs on the device, sized for `max_tokens`.
 struct Buffers {
     input: DevBuf,
-    temps: DevBuf,
-    seeds: DevBuf,
     resid: DevBuf,
     xb: DevBuf,
     qkv: DevBuf,
@@ -108,7 +106,13 @@ pub struct CudaLlama {
     layer_cache_bytes: usize,
     /// Captured decode graphs by batch-size bucket.
     graphs: BTreeMap<usize, Graph>,
-    staging: Vec<i32>,
+    /// The packed step input on the host ([`Layout`]), uploaded in one copy.
+    staging: Pinned<i32>,
+    /// Recorded after each upload: the staging may be rewritten once it has passed.
+    staging_free: CudaEvent,
+    /// Where the selected tokens and their scores come back to.
+    sampled_host: Pinned<i32>,
+    scores_host: Pinned<f32>,
 }
 
 /// Elements of f32 per (token, head, split) attention partial: the sums, then max and sum.
@@ -173,8 +177,6 @@ impl CudaLlama {
         gpu.upload(rope.ptr, &c.rope_table(plan::CONTEXT_LENGTH))?;
         let buf = Buffers {
             input: DevBuf::zeroed(layout.total * 4)?,
-            temps: DevBuf::zeroed(m * 4)?,
-            seeds: DevBuf::zeroed(m * 8)?,
             resid: DevBuf::new(m * d * 4)?,
             xb: DevBuf::new(m * d * 2)?,
             qkv: DevBuf::new(m * c.qkv_dim() * 2)?,
@@ -192,7 +194,11 @@ impl CudaLlama {
             v_cache: DevBuf::zeroed(layer_cache_bytes * c.num_hidden_layers)?,
         };
         gpu.sync()?;
-        let staging = vec![0; layout.total];
+        let staging = Pinned::new(layout.total)?;
+        let staging_free = gpu
+            .ctx
+            .new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .map_err(CudaError::driver)?;
         let mut model = Self {
             gpu,
             config,
@@ -210,6 +216,9 @@ impl CudaLlama {
             layer_cache_bytes,
             graphs: BTreeMap::new(),
             staging,
+            staging_free,
+            sampled_host: Pinned::new(max_tokens)?,
+            scores_host: Pinned::new(max_tokens)?,
         };
         // A first collective outside any graph capture sets up NCCL's connections.
         model.all_reduce(&model.gpu.stream, model.buf.scores.ptr, max_tokens)?;
@@ -314,21 +323,26 @@ impl CudaLlama {
 
     /// The selected token (a global id) of each of the first `n` logits rows of the last
     /// step, with its score: a rank's winner over its vocabulary slice.
-    pub fn sampled_scored(&self, n: usize) -> Result<(Vec<i32>, Vec<f32>), CudaError> {
-        self.finish()?;
-        let (mut ids, mut scores) = (vec![0i32; n], vec![0f32; n]);
-        self.gpu.download(&mut ids, self.buf.sampled.ptr)?;
-        self.gpu.download(&mut scores, self.buf.scores.ptr)?;
-        Ok((ids, scores))
+    pub fn sampled_scored(&mut self, n: usize) -> Result<(Vec<i32>, Vec<f32>), CudaError> {
+        self.gpu
+            .download_later(&mut self.scores_host, n, self.buf.scores.ptr)?;
+        let ids = self.sampled(n)?;
+        Ok((ids, self.scores_host[..n].to_vec()))
     }
 
-    /// The selected token of each of the first `n` logits rows of the last step (one
-    /// copy and one wait: the scores only matter across ranks).
-    pub fn sampled(&self, n: usize) -> Result<Vec<i32>, CudaError> {
+    /// The selected token of each of the first `n` logits rows of the last step: the
+    /// copy is queued behind the step and arrives with the one wait.
+    pub fn sampled(&mut self, n: usize) -> Result<Vec<i32>, CudaError> {
+        if n > self.max_tokens {
+            return Err(CudaError::Model(format!(
+                "{n} rows asked of a step of at most {}",
+                self.max_tokens
+            )));
+        }
+        self.gpu
+            .download_later(&mut self.sampled_host, n, self.buf.sampled.ptr)?;
         self.finish()?;
-        let mut ids = vec![0i32; n];
-        self.gpu.download(&mut ids, self.buf.sampled.ptr)?;
-        Ok(ids)
+        Ok(self.sampled_host[..n].to_vec())
     }
 
     /// The f32 logits of the first `n` rows of the last step, this rank's vocabulary
@@ -379,9 +393,12 @@ impl CudaLlama {
         }
     }
 
-    /// Writes the step input into the staging buffer and uploads it; rows `n..padded`
-    /// are padding (token 0 at position 0 of the scratch block, greedy).
+    /// Writes the step input into the staging buffer and uploads it in one copy; rows
+    /// `n..padded` are padding (token 0 at position 0 of the scratch block, greedy).
     fn pack(&mut self, input: &StepInput, padded: usize) -> Result<(), CudaError> {
+        // The last step's upload reads the staging until the stream reaches it (already
+        // past when its results were waited for).
+        self.staging_free.synchronize().map_err(CudaError::driver)?;
         let (l, bs) = (&self.layout, plan::KV_BLOCK_SIZE);
         let s = &mut self.staging;
         let n = input.tokens.len();
@@ -425,14 +442,17 @@ impl CudaLlama {
             dst[table.len()..].fill(0);
         }
         let rows = input.logit_rows.len().max(padded);
-        let mut temps = vec![0f32; rows];
-        let mut seeds = vec![0u64; rows];
+        let temps: &mut [f32] = bytemuck::cast_slice_mut(&mut s[l.temps..l.temps + rows]);
+        temps.fill(0.0);
         temps[..input.temps.len()].copy_from_slice(&input.temps);
+        let seeds: &mut [u64] = bytemuck::cast_slice_mut(&mut s[l.seeds..l.seeds + 2 * rows]);
+        seeds.fill(0);
         seeds[..input.seeds.len()].copy_from_slice(&input.seeds);
         self.gpu
             .upload(self.buf.input.ptr, &s[..l.tables + n_tables * stride])?;
-        self.gpu.upload(self.buf.temps.ptr, &temps)?;
-        self.gpu.upload(self.buf.seeds.ptr, &seeds)
+        self.staging_free
+            .record(&self.gpu.stream)
+            .map_err(CudaError::driver)
     }
 
     /// Captures the decode step of `bucket` sequences as a graph.
