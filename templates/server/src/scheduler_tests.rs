@@ -8,6 +8,12 @@ fn cached(tokens: usize) -> usize {
     if PREFIX_CACHE { tokens } else { 0 }
 }
 
+/// KV blocks that hold `tokens` tokens: pools sized by the plan, so the tests hold for any
+/// target's chunk and budget, not only the template's.
+fn blocks_for(tokens: usize) -> usize {
+    tokens.div_ceil(KV_BLOCK_SIZE)
+}
+
 /// A sequence with a `prompt_len`-token prompt.
 fn seq(id: SeqId, prompt_len: usize, max_new: usize) -> Sequence {
     Sequence::new(id, vec![1; prompt_len], max_new, false)
@@ -79,7 +85,7 @@ fn a_long_prompt_is_prefilled_in_chunks() {
 
 #[test]
 fn decodes_keep_running_while_a_long_prompt_prefills() {
-    let mut pool = BlockPool::with_blocks(128);
+    let mut pool = BlockPool::with_blocks(blocks_for(4 + 16) + blocks_for(4 * PREFILL_CHUNK + 1));
     let mut s = Scheduler::new();
     s.enqueue(seq(0, 4, 16));
     let p = s.schedule(&mut pool);
@@ -98,9 +104,9 @@ fn decodes_keep_running_while_a_long_prompt_prefills() {
 
 #[test]
 fn a_step_never_exceeds_the_token_budget() {
-    let mut pool = BlockPool::with_blocks(256);
-    let mut s = Scheduler::new();
     let n = MAX_BATCH_TOKENS / PREFILL_CHUNK + 2;
+    let mut pool = BlockPool::with_blocks(n * blocks_for(PREFILL_CHUNK + 1));
+    let mut s = Scheduler::new();
     for id in 0..n as SeqId {
         s.enqueue(seq(id, PREFILL_CHUNK, 1));
     }

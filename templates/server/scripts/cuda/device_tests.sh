@@ -16,9 +16,8 @@ CUBLAS=$(find /usr/local/cuda*/ /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/nu
 [ -n "$CUBLAS" ] && export LD_LIBRARY_PATH=$(dirname "$CUBLAS"):${LD_LIBRARY_PATH:-}
 xz -dc "$G/unit-tests.xz" > "$W/unit-tests" && chmod +x "$W/unit-tests" || exit 1
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
-# Only the CUDA part's tests: the core's run in CI (some size their cases by the
-# template's plan, not this target's).
-"$W/unit-tests" --include-ignored --test-threads 1 cuda:: 2>&1 | tee "$OUT/device_tests.log"
+# Every unit test of the crate: the CUDA part's and the core's under this target's plan.
+"$W/unit-tests" --include-ignored --test-threads 1 2>&1 | tee "$OUT/device_tests.log"
 rc=${PIPESTATUS[0]}
 python3 - "$OUT/device_tests.log" "$DEVICE" <<'PY' | tee "$OUT/device_tests.json"
 import json, re, sys

@@ -9,7 +9,9 @@
 # Usage (on the GPU machine, from the repository root):
 #   bash DIR/gpu_check.sh DIR
 # DIR holds: server.xz and materialize.xz (the stripped CUDA server and its dummy-model
-# generator, xz-compressed), cargo-vibeserve.xz (this tool, for the serving benchmark),
+# generator, xz-compressed; server-1b.xz / server-8b.xz, when present, serve that model
+# instead: a target's server sizes its KV cache for its own model, so the 1B target's
+# cannot hold the 8B's), cargo-vibeserve.xz (this tool, for the serving benchmark),
 # config-1b.json and config-8b.json (the targets' config.json), targets/ (copies of
 # targets/llama-3.2-1b-h100 and targets/llama-3.1-8b-h100), these scripts, and peer/ (a
 # copy of ../shared/peers/llamacpp-cuda).
@@ -32,29 +34,33 @@ exec > >(tee -a "$OUT/check.log") 2>&1
 # cuBLAS 13 for cudarc's run-time loading: the CUDA install's or the Python wheels'.
 CUBLAS=$(find /usr/local/cuda*/ /usr/lib /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
 [ -n "$CUBLAS" ] && export LD_LIBRARY_PATH=$(dirname "$CUBLAS"):${LD_LIBRARY_PATH:-}
-for b in server materialize cargo-vibeserve; do
+for b in server server-1b server-8b materialize cargo-vibeserve; do
   [ -f "$G/$b.xz" ] || continue
   xz -dc "$G/$b.xz" > "$W/$b" && chmod +x "$W/$b" || exit 1
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1 | tee "$W/results/device.txt"
+server_for() { # model: its own server if DIR has one, else the shared one
+  if [ -x "$W/server-$1" ]; then echo "$W/server-$1"; else echo "$W/server"; fi
+}
 date -u +%FT%TZ > "$W/results/date.txt"
 
 check() {
   python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(128000)) for _ in range(${CHECK_TOKENS:-384})))" > "$W/tokens.txt"
   for m in ${MODELS:-1b 8b}; do
+    local server; server=$(server_for "$m")
     echo "== $m: dummy weights (GPU $CG)"
     CUDA_VISIBLE_DEVICES=$CG python3 "$G/make_dummy.py" "$G/config-$m.json" 0 "$W/$m" || continue
     echo "== $m: our logits"
     # Also one token a step (the decode graphs, the GEMV at one token) and 4 a step (the
     # GEMV at 4 tokens, no graph): the default's prompt chunks go through cuBLAS.
     for c in 1 4; do
-      CUDA_VISIBLE_DEVICES=$CG "$W/server" cuda-logits --model "$W/$m" --tokens "$W/tokens.txt" --chunk $c --out "$W/logits-$m-chunk$c.f32"
+      CUDA_VISIBLE_DEVICES=$CG "$server" cuda-logits --model "$W/$m" --tokens "$W/tokens.txt" --chunk $c --out "$W/logits-$m-chunk$c.f32"
     done
-    CUDA_VISIBLE_DEVICES=$CG "$W/server" cuda-logits --model "$W/$m" --tokens "$W/tokens.txt" --out "$W/logits-$m.f32" \
+    CUDA_VISIBLE_DEVICES=$CG "$server" cuda-logits --model "$W/$m" --tokens "$W/tokens.txt" --out "$W/logits-$m.f32" \
       && CUDA_VISIBLE_DEVICES=$CG python3 "$G/hf_compare.py" "$W/$m" "$W/tokens.txt" "$W/logits-$m.f32" "$W/results/hf_$m.json" \
         "decode_vs_hf_f32=$W/logits-$m-chunk1.f32" "chunk4_vs_hf_f32=$W/logits-$m-chunk4.f32"
     echo "== $m: our speed"
-    CUDA_VISIBLE_DEVICES=$CG timeout 240 "$W/server" cuda-bench --model "$W/$m" --batch ${BATCHES:-1,32,128} | tee "$W/results/bench_$m.json"
+    CUDA_VISIBLE_DEVICES=$CG timeout 240 "$server" cuda-bench --model "$W/$m" --batch ${BATCHES:-1,32,128} | tee "$W/results/bench_$m.json"
     rm -rf "$W/$m" "$W/logits-$m"*.f32
   done
   if [ "${PEER:-1}" = 1 ]; then
@@ -75,7 +81,7 @@ serve_one() { # model target port
   echo "== $m serving: ours (GPU $SG)"
   CUDA_VISIBLE_DEVICES=$SG python3 "$G/make_dummy.py" "$G/config-$m.json" 0 "$d" > /dev/null 2>&1 \
     && cp "$W/tok/tokenizer.json" "$d/" || return
-  CUDA_VISIBLE_DEVICES=$SG "$W/server" serve --model "$d" --port "$port" --served-model-name "$name" > "$W/ours-$m.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$SG "$(server_for "$m")" serve --model "$d" --port "$port" --served-model-name "$name" > "$W/ours-$m.log" 2>&1 &
   local sp=$!
   up "$port" && timeout 300 "${bench[@]}" --json "$W/results/serve_ours_$m.json" 2>&1 | grep -v '^\s*$' | tail -25
   kill "$sp"; wait "$sp" 2>/dev/null
